@@ -1,0 +1,656 @@
+//! SYN-cookie responder.
+//!
+//! Per packet: Ethernet, up to two VLAN tags, IPv4 (with options) or IPv6.
+//! TCP to a protected service (the `SERVICES` map) is ours: a SYN becomes a
+//! cookie SYN-ACK built in place and sent back with `XDP_TX`; anything that
+//! cannot be parsed safely is dropped and counted; other TCP to the service
+//! goes to the kernel for now. Everything else passes untouched.
+//!
+//! The code is straight-line per path: each header read is its own bounds
+//! check (`load`), the option parser is a 40-step bounded loop, and checksums
+//! are summed from the values written rather than read back.
+
+use core::mem::size_of;
+
+use ackgate_common::{
+    checksum,
+    cookie::{self, FlowV4, FlowV6, Key},
+    options::{self, SynAckOptions, SynOptions, NO_WSCALE},
+    wire::{Config, Counter, KeySlot, ServiceKey, COUNTERS as N_COUNTERS, KEY_SLOTS, MAX_SERVICES},
+};
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_tail, bpf_xdp_load_bytes},
+    macros::{map, xdp},
+    maps::{Array, HashMap, PerCpuArray},
+    programs::XdpContext,
+};
+
+#[map]
+static SERVICES: HashMap<ServiceKey, u8> = HashMap::with_max_entries(MAX_SERVICES, 0);
+#[map]
+static KEYS: Array<KeySlot> = Array::with_max_entries(KEY_SLOTS, 0);
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(N_COUNTERS as u32, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_TCP: u8 = 6;
+const TCP_HLEN: usize = 20;
+const IPV4_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const TTL: u8 = 64;
+
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+const ECE: u8 = 0x40;
+const CWR: u8 = 0x80;
+
+#[xdp]
+pub fn ackgate(ctx: XdpContext) -> u32 {
+    process(&ctx)
+}
+
+/// Lets everything through. veth only delivers `XDP_TX` frames to a peer that
+/// has an XDP program of its own, so labs attach this to the far end.
+#[xdp]
+pub fn ackgate_pass(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program: there is no panicking code path the
+    // verifier would accept, and no way to report one from XDP.
+    loop {}
+}
+
+type Verdict = (u32, Counter);
+const PASS: Verdict = (XDP_PASS, Counter::Passed);
+
+/// Counts the verdict and returns its action. Every path ends here exactly
+/// once; BPF functions return a plain u32 (at most five register arguments,
+/// no struct returns).
+#[inline(always)]
+fn finish((action, counter): Verdict) -> u32 {
+    count(counter);
+    action
+}
+
+#[inline(always)]
+fn count(c: Counter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
+        // SAFETY: per-CPU slot owned by this CPU for the program's run.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Bounds-checked pointer to a `T` at `off` bytes into the frame.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    if start + off + size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
+
+/// Reads a `T` from the frame. Packet data has no alignment guarantee; BPF
+/// loads from packet memory may be unaligned (the verifier only enforces
+/// alignment under BPF_F_STRICT_ALIGNMENT, which we never set), so a plain
+/// load is what we want the JIT to see.
+#[inline(always)]
+fn load<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
+    // SAFETY: `ptr_at` checked that `size_of::<T>()` bytes are inside the frame.
+    ptr_at::<T>(ctx, off).map(|p| unsafe { *p })
+}
+
+#[inline(always)]
+fn store<T: Copy>(ctx: &XdpContext, off: usize, v: T) -> Option<()> {
+    let p = ptr_at::<T>(ctx, off)?;
+    // SAFETY: bounds checked by `ptr_at`; same alignment note as `load`.
+    unsafe { *p = v };
+    Some(())
+}
+
+#[inline(always)]
+fn process(ctx: &XdpContext) -> u32 {
+    let Some(mut proto) = load::<u16>(ctx, 12).map(u16::from_be) else {
+        return finish(PASS);
+    };
+    let mut l3 = ETH_HLEN;
+    // Up to two VLAN tags (802.1Q, 802.1ad), unrolled.
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        let Some(p) = load::<u16>(ctx, l3 + 2) else {
+            return finish(PASS);
+        };
+        proto = u16::from_be(p);
+        l3 += 4;
+        if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+            let Some(p) = load::<u16>(ctx, l3 + 2) else {
+                return finish(PASS);
+            };
+            proto = u16::from_be(p);
+            l3 += 4;
+        }
+    }
+    match proto {
+        ETH_P_IP => ipv4(ctx, l3),
+        ETH_P_IPV6 => ipv6(ctx, l3),
+        _ => finish(PASS),
+    }
+}
+
+/// Service lookup key: v4-mapped address + port (network order).
+#[inline(always)]
+fn key4(addr_be: u32, port_be: u16) -> ServiceKey {
+    ServiceKey {
+        addr: [0, 0, 0xffffu32.to_be(), addr_be],
+        port_be,
+        _pad: 0,
+    }
+}
+
+#[inline(always)]
+fn key6(addr: [u32; 4], port_be: u16) -> ServiceKey {
+    ServiceKey {
+        addr,
+        port_be,
+        _pad: 0,
+    }
+}
+
+#[inline(always)]
+fn protected(k: &ServiceKey) -> bool {
+    // SAFETY: read-only lookup in a map this program owns.
+    unsafe { SERVICES.get(k) }.is_some()
+}
+
+/// Verdict for a packet to `addr_key`'s address that we cannot read further.
+#[inline(always)]
+fn drop_if_protected(addr_key: &ServiceKey, why: Counter) -> Verdict {
+    if protected(addr_key) {
+        (XDP_DROP, why)
+    } else {
+        PASS
+    }
+}
+
+// Separate BPF functions per family keep each one's stack under 512 bytes.
+#[inline(never)]
+fn ipv4(ctx: &XdpContext, l3: usize) -> u32 {
+    match ipv4_inner(ctx, l3) {
+        Ok(action) => action,
+        Err(v) => finish(v),
+    }
+}
+
+/// `Ok` once `tcp` has taken (and counted) the packet; `Err` with the
+/// verdict otherwise.
+#[inline(always)]
+fn ipv4_inner(ctx: &XdpContext, l3: usize) -> Result<u32, Verdict> {
+    let Some(vihl) = load::<u8>(ctx, l3) else {
+        return Err(PASS);
+    };
+    let (Some(saddr), Some(daddr), Some(proto)) = (
+        load::<u32>(ctx, l3 + 12),
+        load::<u32>(ctx, l3 + 16),
+        load::<u8>(ctx, l3 + 9),
+    ) else {
+        return Err(PASS);
+    };
+    if vihl >> 4 != 4 || proto != IPPROTO_TCP {
+        return Err(PASS);
+    }
+    let addr_key = key4(daddr, 0);
+    let Some(frag) = load::<u16>(ctx, l3 + 6).map(u16::from_be) else {
+        return Err(PASS);
+    };
+    if frag & 0x3fff != 0 {
+        return Err(drop_if_protected(&addr_key, Counter::DropFragment));
+    }
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    let Some(tot_len) = load::<u16>(ctx, l3 + 2).map(|v| u16::from_be(v) as usize) else {
+        return Err(PASS);
+    };
+    let frame_len = ctx.data_end() - ctx.data();
+    if ihl < IPV4_HLEN || tot_len < ihl + TCP_HLEN || l3 + tot_len > frame_len {
+        return Err(drop_if_protected(&addr_key, Counter::DropMalformed));
+    }
+    let l4 = l3 + ihl;
+    let Some(dport) = load::<u16>(ctx, l4 + 2) else {
+        return Err(drop_if_protected(&addr_key, Counter::DropMalformed));
+    };
+    if !protected(&key4(daddr, dport)) {
+        return Err(PASS);
+    }
+    let flow = FlowV4 {
+        saddr: u32::from_be(saddr),
+        daddr: u32::from_be(daddr),
+        sport: 0,
+        dport: u16::from_be(dport),
+    };
+    Ok(tcp(ctx, l3, l4, l3 + tot_len, &V4(flow, saddr, daddr)))
+}
+
+#[inline(never)]
+fn ipv6(ctx: &XdpContext, l3: usize) -> u32 {
+    match ipv6_inner(ctx, l3) {
+        Ok(action) => action,
+        Err(v) => finish(v),
+    }
+}
+
+#[inline(always)]
+fn ipv6_inner(ctx: &XdpContext, l3: usize) -> Result<u32, Verdict> {
+    let (Some(vtc), Some(nexthdr), Some(plen)) = (
+        load::<u8>(ctx, l3),
+        load::<u8>(ctx, l3 + 6),
+        load::<u16>(ctx, l3 + 4),
+    ) else {
+        return Err(PASS);
+    };
+    let Some(daddr) = load::<[u32; 4]>(ctx, l3 + 24) else {
+        return Err(PASS);
+    };
+    if vtc >> 4 != 6 {
+        return Err(PASS);
+    }
+    let addr_key = key6(daddr, 0);
+    if nexthdr != IPPROTO_TCP {
+        // Extension headers hide the port; ours to drop if the address is
+        // protected (xdp_synproxy lets these through: a bypass).
+        return Err(if is_ipv6_ext(nexthdr) {
+            drop_if_protected(&addr_key, Counter::DropIpv6Ext)
+        } else {
+            PASS
+        });
+    }
+    let plen = u16::from_be(plen) as usize;
+    let frame_len = ctx.data_end() - ctx.data();
+    let l4 = l3 + IPV6_HLEN;
+    if plen < TCP_HLEN || l4 + plen > frame_len {
+        return Err(drop_if_protected(&addr_key, Counter::DropMalformed));
+    }
+    let (Some(dport), Some(saddr)) = (load::<u16>(ctx, l4 + 2), load::<[u32; 4]>(ctx, l3 + 8))
+    else {
+        return Err(drop_if_protected(&addr_key, Counter::DropMalformed));
+    };
+    if !protected(&key6(daddr, dport)) {
+        return Err(PASS);
+    }
+    let flow = FlowV6 {
+        saddr: halves(&saddr),
+        daddr: halves(&daddr),
+        sport: 0,
+        dport: u16::from_be(dport),
+    };
+    Ok(tcp(ctx, l3, l4, l4 + plen, &V6(flow)))
+}
+
+#[inline(always)]
+fn is_ipv6_ext(nh: u8) -> bool {
+    // hop-by-hop, routing, fragment, ESP, AH, destination options, mobility, HIP, shim6
+    matches!(nh, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140)
+}
+
+#[inline(always)]
+fn halves(a: &[u32; 4]) -> [u64; 2] {
+    let w = |i: usize| u32::from_be(a[i]) as u64;
+    [(w(0) << 32) | w(1), (w(2) << 32) | w(3)]
+}
+
+/// TCP to a protected service. One BPF function per address family, so each
+/// keeps its own stack frame under the limit.
+#[inline(never)]
+fn tcp<A: Answer>(ctx: &XdpContext, l3: usize, l4: usize, seg_end: usize, addrs: &A) -> u32 {
+    finish(tcp_inner(ctx, l3, l4, seg_end, addrs))
+}
+
+#[inline(always)]
+fn tcp_inner<A: Answer>(
+    ctx: &XdpContext,
+    l3: usize,
+    l4: usize,
+    seg_end: usize,
+    addrs: &A,
+) -> Verdict {
+    let (Some(sport), Some(seq), Some(doff), Some(flags)) = (
+        load::<u16>(ctx, l4),
+        load::<u32>(ctx, l4 + 4),
+        load::<u8>(ctx, l4 + 12),
+        load::<u8>(ctx, l4 + 13),
+    ) else {
+        return (XDP_DROP, Counter::DropMalformed);
+    };
+    let thlen = ((doff >> 4) as usize) * 4;
+    if thlen < TCP_HLEN || l4 + thlen > seg_end {
+        return (XDP_DROP, Counter::DropMalformed);
+    }
+    if flags & SYN == 0 || flags & ACK != 0 {
+        // ACKs, data, FINs, RSTs, stray SYN-ACKs: the kernel's business for now.
+        return (XDP_PASS, Counter::ProtectedPassed);
+    }
+    if flags & (RST | FIN) != 0 {
+        return (XDP_DROP, Counter::DropMalformed);
+    }
+    let Some(cfg) = CONFIG.get(0) else {
+        return (XDP_DROP, Counter::DropNotReady);
+    };
+    if cfg.ready == 0 {
+        return (XDP_DROP, Counter::DropNotReady);
+    }
+    let epoch = cfg.epoch;
+    let Some(slot) = KEYS.get(epoch % KEY_SLOTS) else {
+        return (XDP_DROP, Counter::DropNotReady);
+    };
+    if slot.valid == 0 || slot.epoch != epoch {
+        return (XDP_DROP, Counter::DropNotReady);
+    }
+    let key = Key {
+        k0: slot.k0,
+        k1: slot.k1,
+    };
+
+    let mut syn_opts = SynOptions::default();
+    if !syn_options(ctx, l4, thlen, &mut syn_opts) {
+        return (XDP_DROP, Counter::DropMalformed);
+    }
+    let isn = u32::from_be(seq);
+    let ecn = flags & (ECE | CWR) == ECE | CWR;
+    let reply = Reply {
+        cfg,
+        key,
+        epoch,
+        isn,
+        sport,
+        syn_opts,
+        ecn,
+    };
+    addrs.answer(&reply, ctx, l3)
+}
+
+/// Per-family SYN-ACK construction.
+trait Answer {
+    fn answer(&self, r: &Reply, ctx: &XdpContext, l3: usize) -> Verdict;
+}
+
+/// IPv4 flow plus the raw network-order addresses to write back swapped.
+struct V4(FlowV4, u32, u32);
+
+impl Answer for V4 {
+    #[inline(always)]
+    fn answer(&self, r: &Reply, ctx: &XdpContext, l3: usize) -> Verdict {
+        let mut flow = self.0;
+        flow.sport = u16::from_be(r.sport);
+        r.v4(ctx, l3, &flow, self.1, self.2)
+    }
+}
+
+struct V6(FlowV6);
+
+impl Answer for V6 {
+    #[inline(always)]
+    fn answer(&self, r: &Reply, ctx: &XdpContext, l3: usize) -> Verdict {
+        let mut flow = self.0;
+        flow.sport = u16::from_be(r.sport);
+        r.v6(ctx, l3, &flow)
+    }
+}
+
+/// Parses the SYN's options into `out`; false if they cannot be read.
+/// A separate BPF function: its 40-byte buffer and scan state get their own
+/// stack frame.
+#[inline(never)]
+fn syn_options(ctx: &XdpContext, l4: usize, thlen: usize, out: &mut SynOptions) -> bool {
+    // Copy the options to the stack once: the parser then reads fixed stack
+    // offsets, and the verifier has no packet ranges to track per option.
+    let opt_len = thlen - TCP_HLEN;
+    let mut raw = [0u64; 5];
+    if opt_len > 0 {
+        // SAFETY: `raw` has room for the at most 40 option bytes; the helper
+        // checks the packet range itself.
+        let r = unsafe {
+            bpf_xdp_load_bytes(
+                ctx.ctx,
+                (l4 + TCP_HLEN) as u32,
+                raw.as_mut_ptr().cast(),
+                opt_len as u32,
+            )
+        };
+        if r != 0 {
+            return false;
+        }
+    }
+    // The parser gets its own copy of the length, re-read from the packet:
+    // `opt_len` is the helper's size argument, so the verifier tracks it
+    // precisely, and comparing the parser's offsets against it would make
+    // every path through the 40 positions distinct (state explosion).
+    let Some(p) = ptr_at::<u8>(ctx, l4 + 12) else {
+        return false;
+    };
+    // SAFETY: bounds checked by `ptr_at`; volatile so it is a separate load.
+    let doff = unsafe { core::ptr::read_volatile(p) };
+    let parse_len = (((doff >> 4) as usize) * 4).saturating_sub(TCP_HLEN);
+    let base = raw.as_ptr().cast::<u8>();
+    *out = options::parse(parse_len, |i| {
+        // SAFETY: `i < 40` keeps the read inside `raw`'s 40 bytes.
+        if i < 40 {
+            Some(unsafe { *base.add(i) })
+        } else {
+            None
+        }
+    });
+    true
+}
+
+struct Reply<'a> {
+    cfg: &'a Config,
+    key: Key,
+    epoch: u32,
+    isn: u32,
+    sport: u16,
+    syn_opts: SynOptions,
+    ecn: bool,
+}
+
+impl Reply<'_> {
+    /// Cookie and SYN-ACK options for a flow whose family has `table` and
+    /// `mss_clamp`; `default_mss` is RFC's value when the SYN carried none.
+    #[inline(always)]
+    fn cookie<F: cookie::Flow>(
+        &self,
+        flow: &F,
+        mss_clamp: u16,
+        default_mss: u16,
+    ) -> (u32, SynAckOptions) {
+        let o = &self.syn_opts;
+        let mut mss = if o.mss == 0 { default_mss } else { o.mss };
+        if mss > mss_clamp {
+            mss = mss_clamp;
+        }
+        let idx = cookie::mss_index(&F::MSS_TABLE, mss);
+        let mss = F::MSS_TABLE[(idx & 7) as usize];
+        if o.has_ts {
+            let bits = cookie::option_bits(o.wscale, o.sack_ok, self.ecn);
+            // SAFETY: helper without arguments; monotonic clock.
+            let now_ms = (unsafe { bpf_ktime_get_ns() } / 1_000_000) as u32;
+            let our_ts = cookie::encode_tsval(now_ms, bits);
+            let c = cookie::make(flow, &self.key, self.epoch, self.isn, idx, bits);
+            let ws = if o.wscale == NO_WSCALE {
+                NO_WSCALE
+            } else {
+                self.cfg.wscale
+            };
+            (
+                c,
+                options::synack(mss, true, our_ts, o.tsval, o.sack_ok, ws),
+            )
+        } else {
+            let c = cookie::make(
+                flow,
+                &self.key,
+                self.epoch,
+                self.isn,
+                idx,
+                cookie::OPTS_NO_TIMESTAMPS,
+            );
+            (c, options::synack(mss, false, 0, 0, false, NO_WSCALE))
+        }
+    }
+
+    #[inline(always)]
+    fn v4(
+        &self,
+        ctx: &XdpContext,
+        l3: usize,
+        flow: &FlowV4,
+        saddr_be: u32,
+        daddr_be: u32,
+    ) -> Verdict {
+        let (c, opts) = self.cookie(flow, self.cfg.mss4, 536);
+        let tcp_len = TCP_HLEN + 4 * opts.len;
+        let tot_len = (IPV4_HLEN + tcp_len) as u16;
+        if resize(ctx, l3 + tot_len as usize).is_none() || swap_macs(ctx).is_none() {
+            return (XDP_DROP, Counter::DropResize);
+        }
+        // IPv4 header: no options, DF, fresh checksum.
+        let mut s = 0u64;
+        s = checksum::add32(s, 0x4500_0000 | tot_len as u32);
+        s = checksum::add32(s, 0x0000_4000);
+        s = checksum::add32(s, ((TTL as u32) << 24) | ((IPPROTO_TCP as u32) << 16));
+        s = checksum::add32(s, flow.daddr);
+        s = checksum::add32(s, flow.saddr);
+        let ip_csum = checksum::finish(s);
+        let ok = store::<[u32; 5]>(
+            ctx,
+            l3,
+            [
+                (0x4500_0000u32 | tot_len as u32).to_be(),
+                0x0000_4000u32.to_be(),
+                (((TTL as u32) << 24) | ((IPPROTO_TCP as u32) << 16) | ip_csum as u32).to_be(),
+                daddr_be,
+                saddr_be,
+            ],
+        );
+        if ok.is_none() {
+            return (XDP_DROP, Counter::DropResize);
+        }
+        let mut ps = 0u64;
+        ps = checksum::add32(ps, flow.daddr);
+        ps = checksum::add32(ps, flow.saddr);
+        ps = checksum::add32(ps, IPPROTO_TCP as u32 + tcp_len as u32);
+        self.write_tcp(ctx, l3 + IPV4_HLEN, flow.dport, c, &opts, ps)
+    }
+
+    #[inline(always)]
+    fn v6(&self, ctx: &XdpContext, l3: usize, flow: &FlowV6) -> Verdict {
+        let (c, opts) = self.cookie(flow, self.cfg.mss6, 1220);
+        let tcp_len = TCP_HLEN + 4 * opts.len;
+        if resize(ctx, l3 + IPV6_HLEN + tcp_len).is_none() || swap_macs(ctx).is_none() {
+            return (XDP_DROP, Counter::DropResize);
+        }
+        let hdr = [
+            0x6000_0000u32.to_be(),
+            (((tcp_len as u32) << 16) | ((IPPROTO_TCP as u32) << 8) | TTL as u32).to_be(),
+        ];
+        let d = flow.daddr;
+        let s = flow.saddr;
+        let ok = store::<[u32; 2]>(ctx, l3, hdr)
+            .and_then(|_| store::<[u64; 2]>(ctx, l3 + 8, [d[0].to_be(), d[1].to_be()]))
+            .and_then(|_| store::<[u64; 2]>(ctx, l3 + 24, [s[0].to_be(), s[1].to_be()]));
+        if ok.is_none() {
+            return (XDP_DROP, Counter::DropResize);
+        }
+        let mut ps = 0u64;
+        ps = checksum::add64(ps, d[0]);
+        ps = checksum::add64(ps, d[1]);
+        ps = checksum::add64(ps, s[0]);
+        ps = checksum::add64(ps, s[1]);
+        ps = checksum::add32(ps, tcp_len as u32);
+        ps = checksum::add32(ps, IPPROTO_TCP as u32);
+        self.write_tcp(ctx, l3 + IPV6_HLEN, flow.dport, c, &opts, ps)
+    }
+
+    /// Writes the SYN-ACK's TCP header and options at `l4`; `sum` holds the
+    /// pseudo-header.
+    #[inline(always)]
+    fn write_tcp(
+        &self,
+        ctx: &XdpContext,
+        l4: usize,
+        dport: u16,
+        cookie: u32,
+        o: &SynAckOptions,
+        mut sum: u64,
+    ) -> Verdict {
+        let sport = u16::from_be(self.sport);
+        let ports = ((dport as u32) << 16) | sport as u32;
+        let ack = self.isn.wrapping_add(1);
+        let doff_flags =
+            ((((5 + o.len) as u32) << 12) | (SYN | ACK) as u32) << 16 | self.cfg.window as u32;
+        sum = checksum::add32(sum, ports);
+        sum = checksum::add32(sum, cookie);
+        sum = checksum::add32(sum, ack);
+        sum = checksum::add32(sum, doff_flags);
+        let w = &o.words;
+        sum = checksum::add32(sum, w[0]);
+        if o.len > 1 {
+            sum = checksum::add32(sum, w[1]);
+            sum = checksum::add32(sum, w[2]);
+            sum = checksum::add32(sum, w[3]);
+            if o.len > 4 {
+                sum = checksum::add32(sum, w[4]);
+            }
+        }
+        let csum = checksum::finish(sum);
+        let hdr = [
+            ports.to_be(),
+            cookie.to_be(),
+            ack.to_be(),
+            doff_flags.to_be(),
+            ((csum as u32) << 16).to_be(),
+        ];
+        let mut ok =
+            store::<[u32; 5]>(ctx, l4, hdr).and_then(|_| store::<u32>(ctx, l4 + 20, w[0].to_be()));
+        if o.len > 1 {
+            ok = ok.and_then(|_| {
+                store::<[u32; 3]>(ctx, l4 + 24, [w[1].to_be(), w[2].to_be(), w[3].to_be()])
+            });
+            if o.len > 4 {
+                ok = ok.and_then(|_| store::<u32>(ctx, l4 + 36, w[4].to_be()));
+            }
+        }
+        match ok {
+            Some(()) => (XDP_TX, Counter::SynAnswered),
+            None => (XDP_DROP, Counter::DropResize),
+        }
+    }
+}
+
+/// Grows or shrinks the frame to exactly `len` bytes.
+#[inline(always)]
+fn resize(ctx: &XdpContext, len: usize) -> Option<()> {
+    let cur = ctx.data_end() - ctx.data();
+    let delta = len as i32 - cur as i32;
+    if delta != 0 {
+        // SAFETY: helper on our own context; it validates `delta`.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+            return None;
+        }
+    }
+    Some(())
+}
+
+#[inline(always)]
+fn swap_macs(ctx: &XdpContext) -> Option<()> {
+    let m = load::<[u16; 6]>(ctx, 0)?;
+    store::<[u16; 6]>(ctx, 0, [m[3], m[4], m[5], m[0], m[1], m[2]])
+}

@@ -1,0 +1,11 @@
+//! ackgate userspace: loads and drives the XDP SYN-cookie responder.
+//!
+//! * [`responder`]: the embedded XDP object, its maps and attachment.
+//! * [`secret`]: the fleet's master secret and epoch key rotation.
+//! * [`lab`]: network-namespace labs for the demo and the tests.
+
+pub mod demo;
+pub mod lab;
+pub mod packet;
+pub mod responder;
+pub mod secret;

@@ -1,0 +1,366 @@
+//! The XDP responder: the embedded eBPF object, its maps, attachment and
+//! BPF_PROG_TEST_RUN access for tests and benchmarks.
+
+use std::{fmt, net::SocketAddr};
+
+use ackgate_common::wire::{
+    Config, Counter, KeySlot, ServiceKey, COUNTERS, KEY_SLOTS, MAP_CONFIG, MAP_COUNTERS, MAP_KEYS,
+    MAP_SERVICES, PROG_PASS, PROG_RESPONDER,
+};
+use aya::{
+    maps::{Array, HashMap, MapError, PerCpuArray},
+    programs::{ProgramError, TestRun, TestRunAttrs, TestRunOptions, TestRunResult, Xdp, XdpMode},
+    Ebpf, EbpfError,
+};
+use thiserror::Error;
+
+use crate::secret::Secret;
+
+/// The XDP object built by build.rs from `ebpf/`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ackgate"));
+
+/// How the program is attached. `Native` needs driver support; `Skb` works
+/// on any device at a higher cost. There is no silent fallback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Native,
+    Skb,
+}
+
+impl AttachMode {
+    fn aya(self) -> XdpMode {
+        match self {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Skb => XdpMode::Skb,
+        }
+    }
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachMode::Native => "native",
+            AttachMode::Skb => "skb",
+        })
+    }
+}
+
+/// SYN-ACK parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// MSS clamp for IPv4 SYN-ACKs (interface MTU - 40 by default).
+    pub mss4: u16,
+    /// MSS clamp for IPv6 SYN-ACKs (interface MTU - 60 by default).
+    pub mss6: u16,
+    /// Window scale advertised to clients that offer one.
+    pub wscale: u8,
+    /// SYN-ACK window. Zero keeps clients from sending data before a
+    /// connection exists to receive it; the proxy opens the window.
+    pub window: u16,
+}
+
+impl Settings {
+    /// Defaults for an interface MTU.
+    pub fn for_mtu(mtu: u32) -> Self {
+        let mtu = mtu.clamp(576, 65535) as u16;
+        Settings {
+            mss4: mtu - 40,
+            mss6: mtu.saturating_sub(60).max(1220),
+            wscale: 7,
+            window: 0,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ResponderError {
+    #[error("cannot parse the embedded XDP object: {0}")]
+    Object(#[source] EbpfError),
+    #[error(
+        "XDP program rejected by the verifier: {error}\n--- verifier log (last lines) ---\n{log}"
+    )]
+    Verifier { error: std::io::Error, log: String },
+    #[error("loading the XDP program failed: {0}")]
+    Load(#[source] ProgramError),
+    #[error("no such interface: {0}")]
+    NoInterface(String),
+    #[error("attaching XDP to {iface} in {mode} mode failed: {source}{hint}")]
+    Attach {
+        iface: String,
+        mode: AttachMode,
+        source: ProgramError,
+        hint: &'static str,
+    },
+    #[error("BPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("BPF_PROG_TEST_RUN failed: {0}")]
+    TestRun(#[source] ProgramError),
+}
+
+type Result<T> = std::result::Result<T, ResponderError>;
+
+/// Summed per-CPU counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters(pub [u64; COUNTERS]);
+
+impl Counters {
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0[c as usize]
+    }
+
+    /// Element-wise `self - earlier`.
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        let mut d = [0; COUNTERS];
+        for (i, v) in d.iter_mut().enumerate() {
+            *v = self.0[i].wrapping_sub(earlier.0[i]);
+        }
+        Counters(d)
+    }
+}
+
+impl fmt::Display for Counters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for c in Counter::ALL {
+            if !first {
+                f.write_str(" ")?;
+            }
+            first = false;
+            write!(f, "{}={}", c.name(), self.get(c))?;
+        }
+        Ok(())
+    }
+}
+
+/// A loaded (verified) responder program and its maps. Dropping it detaches
+/// the program: the attachment is a bpf_link owned by this process, so a
+/// crash also hands traffic back to the kernel instead of black-holing it.
+pub struct Responder {
+    ebpf: Ebpf,
+    attached: Option<(String, AttachMode)>,
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> ResponderError {
+    move |source| ResponderError::Map { name, source }
+}
+
+fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or_else(|| {
+            ResponderError::Load(ProgramError::InvalidName {
+                name: name.to_string(),
+            })
+        })?
+        .try_into()
+        .map_err(ResponderError::Load)?;
+    prog.load().map_err(|e| match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            // The verdict is at the end of the log; the whole log can run to
+            // megabytes.
+            let log = verifier_log.to_string();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            ResponderError::Verifier {
+                error: io_error,
+                log: tail,
+            }
+        }
+        e => ResponderError::Load(e),
+    })
+}
+
+impl Responder {
+    /// Loads the object and the responder program (the verifier runs here).
+    pub fn load() -> Result<Self> {
+        let mut ebpf = Ebpf::load(OBJECT).map_err(ResponderError::Object)?;
+        load_program(&mut ebpf, PROG_RESPONDER)?;
+        Ok(Responder {
+            ebpf,
+            attached: None,
+        })
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name).ok_or(ResponderError::Map {
+            name,
+            source: MapError::InvalidName { name: name.into() },
+        })
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map> {
+        self.ebpf.map(name).ok_or(ResponderError::Map {
+            name,
+            source: MapError::InvalidName { name: name.into() },
+        })
+    }
+
+    /// Protects `addr` (IPv4 or IPv6, port > 0).
+    pub fn add_service(&mut self, addr: SocketAddr) -> Result<()> {
+        let (k, any) = match addr {
+            SocketAddr::V4(a) => (
+                ServiceKey::from_v4_octets(a.ip().octets(), a.port()),
+                ServiceKey::from_v4_octets(a.ip().octets(), 0),
+            ),
+            SocketAddr::V6(a) => (
+                ServiceKey::from_octets(a.ip().octets(), a.port()),
+                ServiceKey::from_octets(a.ip().octets(), 0),
+            ),
+        };
+        let mut m: HashMap<_, ServiceKey, u8> =
+            HashMap::try_from(self.map_mut(MAP_SERVICES)?).map_err(map_err(MAP_SERVICES))?;
+        m.insert(k, 1, 0).map_err(map_err(MAP_SERVICES))?;
+        // Port-0 entry: "this address has protected ports" (fragments, IPv6
+        // extension headers).
+        m.insert(any, 1, 0).map_err(map_err(MAP_SERVICES))?;
+        Ok(())
+    }
+
+    /// Writes the key slots for `epoch - 1 ..= epoch + 1`, makes `epoch` the
+    /// minting epoch, then retires `epoch - 2`. Safe to call on every tick:
+    /// slots in use are rewritten with identical bytes, and the only slot that
+    /// changes content was invalid, so a concurrent reader at worst rejects.
+    pub fn install_keys(&mut self, secret: &Secret, epoch: u32, settings: &Settings) -> Result<()> {
+        {
+            let mut keys: Array<_, KeySlot> =
+                Array::try_from(self.map_mut(MAP_KEYS)?).map_err(map_err(MAP_KEYS))?;
+            for e in [epoch.wrapping_add(1), epoch, epoch.wrapping_sub(1)] {
+                let k = secret.key(e);
+                let slot = KeySlot {
+                    k0: k.k0,
+                    k1: k.k1,
+                    epoch: e,
+                    valid: 1,
+                };
+                keys.set(e % KEY_SLOTS, slot, 0)
+                    .map_err(map_err(MAP_KEYS))?;
+            }
+        }
+        {
+            let mut cfg: Array<_, Config> =
+                Array::try_from(self.map_mut(MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
+            let c = Config {
+                epoch,
+                mss4: settings.mss4,
+                mss6: settings.mss6,
+                wscale: settings.wscale,
+                ready: 1,
+                window: settings.window,
+            };
+            cfg.set(0, c, 0).map_err(map_err(MAP_CONFIG))?;
+        }
+        let mut keys: Array<_, KeySlot> =
+            Array::try_from(self.map_mut(MAP_KEYS)?).map_err(map_err(MAP_KEYS))?;
+        keys.set(epoch.wrapping_add(2) % KEY_SLOTS, KeySlot::default(), 0)
+            .map_err(map_err(MAP_KEYS))?;
+        Ok(())
+    }
+
+    /// Attaches to `iface` (in the calling thread's network namespace).
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
+        attach_named(&mut self.ebpf, PROG_RESPONDER, iface, mode)?;
+        self.attached = Some((iface.to_string(), mode));
+        Ok(())
+    }
+
+    pub fn attached(&self) -> Option<&(String, AttachMode)> {
+        self.attached.as_ref()
+    }
+
+    /// Counters summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let m: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.map(MAP_COUNTERS)?).map_err(map_err(MAP_COUNTERS))?;
+        let mut out = [0u64; COUNTERS];
+        for (i, v) in out.iter_mut().enumerate() {
+            *v = m
+                .get(&(i as u32), 0)
+                .map_err(map_err(MAP_COUNTERS))?
+                .iter()
+                .sum();
+        }
+        Ok(Counters(out))
+    }
+
+    /// Runs the program once on `frame` (BPF_PROG_TEST_RUN); the output frame
+    /// is written to `out`.
+    pub fn test_run(&self, frame: &[u8], out: &mut [u8]) -> Result<TestRunResult> {
+        let prog: &Xdp = self.program()?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(out),
+            ..Default::default()
+        };
+        prog.test_run(opts).map_err(ResponderError::TestRun)
+    }
+
+    /// Runs the program `repeat` times in live-frame mode: each run gets its
+    /// own freshly initialised copy of `frame` (the program rewrites frames in
+    /// place, so plain repeat would feed it its own SYN-ACKs). Returns the
+    /// kernel's mean duration per run.
+    pub fn test_run_live(&self, frame: &[u8], repeat: u32, batch: u32) -> Result<TestRunResult> {
+        let prog: &Xdp = self.program()?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            attrs: TestRunAttrs::new().xdp_live_frames(batch),
+            ..Default::default()
+        };
+        prog.test_run(opts).map_err(ResponderError::TestRun)
+    }
+
+    fn program(&self) -> Result<&Xdp> {
+        self.ebpf
+            .program(PROG_RESPONDER)
+            .ok_or_else(|| {
+                ResponderError::Load(ProgramError::InvalidName {
+                    name: PROG_RESPONDER.into(),
+                })
+            })?
+            .try_into()
+            .map_err(ResponderError::Load)
+    }
+}
+
+fn attach_named(ebpf: &mut Ebpf, prog: &str, iface: &str, mode: AttachMode) -> Result<()> {
+    if nix::net::if_::if_nametoindex(iface).is_err() {
+        return Err(ResponderError::NoInterface(iface.to_string()));
+    }
+    let p: &mut Xdp = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| ResponderError::Load(ProgramError::InvalidName { name: prog.into() }))?
+        .try_into()
+        .map_err(ResponderError::Load)?;
+    p.attach(iface, mode.aya())
+        .map(|_| ())
+        .map_err(|source| ResponderError::Attach {
+            iface: iface.to_string(),
+            mode,
+            source,
+            hint: match mode {
+                AttachMode::Native => " (the driver may lack native XDP: try --xdp-mode skb)",
+                AttachMode::Skb => "",
+            },
+        })
+}
+
+/// The pass-through program attached to the far end of a veth: veth only
+/// delivers `XDP_TX` frames to a peer that runs XDP itself.
+pub struct PassProgram {
+    _ebpf: Ebpf,
+}
+
+impl PassProgram {
+    pub fn attach(iface: &str) -> Result<Self> {
+        let mut ebpf = Ebpf::load(OBJECT).map_err(ResponderError::Object)?;
+        load_program(&mut ebpf, PROG_PASS)?;
+        attach_named(&mut ebpf, PROG_PASS, iface, AttachMode::Native)?;
+        Ok(PassProgram { _ebpf: ebpf })
+    }
+}
