@@ -1,1 +1,134 @@
+//! Helpers for ackgate's privileged tests. These tests need root (they load
+//! XDP programs and build network namespaces); without it they fail with a
+//! clear message rather than skip.
 
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+pub use ackgate::lab;
+
+/// Panics unless running as root: privileged tests never skip silently.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test loads XDP programs and creates network namespaces: run it as root (CI does)"
+    );
+}
+
+/// Path of the `ackgate` binary built next to this test binary.
+pub fn ackgate_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("ackgate");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (cargo build --release --bins), as scripts/test.sh does",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `ackgate` process; killed on drop so a failing test cleans up.
+pub struct Running {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    pub output: Vec<String>,
+}
+
+impl Running {
+    /// Starts `cmd` and waits (up to `timeout`) for a stdout line containing
+    /// `ready`.
+    pub fn start(mut cmd: Command, ready: &str, timeout: Duration) -> anyhow::Result<Self> {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        let (tx, rx) = mpsc::channel();
+        for r in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(r).lines().map_while(Result::ok) {
+                    let _ = tx.send(l);
+                }
+            });
+        }
+        let mut run = Running {
+            child,
+            lines: rx,
+            output: Vec::new(),
+        };
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match run.lines.recv_timeout(left) {
+                Ok(l) => {
+                    let hit = l.contains(ready);
+                    run.output.push(l);
+                    if hit {
+                        return Ok(run);
+                    }
+                }
+                Err(_) => {
+                    anyhow::bail!("no '{ready}' within {timeout:?}; output: {:?}", run.output)
+                }
+            }
+        }
+    }
+
+    /// Sends SIGTERM, waits for exit (up to `timeout`) and returns all output.
+    pub fn stop(
+        mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<(std::process::ExitStatus, Vec<String>)> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait()? {
+                break s;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "ackgate did not exit within {timeout:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Drain what the reader threads still hold.
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            self.output.push(l);
+        }
+        Ok((status, std::mem::take(&mut self.output)))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses the last `counters: a=1 b=2` line into (name, value) pairs.
+pub fn last_counters(lines: &[String]) -> Option<Vec<(String, u64)>> {
+    let l = lines.iter().rev().find(|l| l.starts_with("counters: "))?;
+    l["counters: ".len()..]
+        .split_whitespace()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+pub fn counter(c: &[(String, u64)], name: &str) -> u64 {
+    c.iter()
+        .find(|(k, _)| k == name)
+        .unwrap_or_else(|| panic!("no counter {name} in {c:?}"))
+        .1
+}
