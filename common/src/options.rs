@@ -88,16 +88,113 @@ impl SynOptions {
     }
 }
 
-/// Parses the `len` option bytes that `read(i)` yields. A malformed option
-/// (length < 2 or running past the end) stops parsing and keeps what came
-/// before it, as Linux does; options with a wrong length are ignored.
-///
-/// The scan is unrolled over the 40 possible start positions, so every
-/// `read` index is a constant: the verifier sees fixed packet offsets and one
-/// scalar (`next`) it never has to track precisely, instead of a loop whose
-/// variable offset it must explore path by path.
+/// The option area as five words, bytes in wire order in memory (what a
+/// copy from the packet into a `[u64; 5]` gives). Word alignment lets the
+/// fast paths below compare and load whole words.
+pub type OptionWords = [u64; 5];
+
+/// Copies up to 40 option bytes into zero-padded words (host code, tests).
+pub fn words_from_bytes(b: &[u8]) -> OptionWords {
+    let mut bytes = [0u8; 40];
+    let n = b.len().min(40);
+    bytes[..n].copy_from_slice(&b[..n]);
+    let mut w = [0u64; 5];
+    for (i, c) in bytes.chunks_exact(8).enumerate() {
+        w[i] = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+    }
+    w
+}
+
 #[inline(always)]
-pub fn parse<R: FnMut(usize) -> Option<u8>>(len: usize, mut read: R) -> SynOptions {
+fn byte_at(w: &OptionWords, i: usize) -> u8 {
+    // SAFETY: callers pass i < 40, inside the 40 bytes of `w`.
+    unsafe { *(w.as_ptr() as *const u8).add(i) }
+}
+
+/// Big-endian u16 at an even offset below 40.
+#[inline(always)]
+fn be16_at(w: &OptionWords, off: usize) -> u16 {
+    // SAFETY: even offset into 8-aligned storage: aligned and in bounds.
+    u16::from_be(unsafe { core::ptr::read((w.as_ptr() as *const u8).add(off) as *const u16) })
+}
+
+/// Big-endian u32 at an offset below 40 that is a multiple of 4.
+#[inline(always)]
+fn be32_at(w: &OptionWords, off: usize) -> u32 {
+    // SAFETY: 4-aligned offset into 8-aligned storage: aligned and in bounds.
+    u32::from_be(unsafe { core::ptr::read((w.as_ptr() as *const u8).add(off) as *const u32) })
+}
+
+/// The first `n <= 8` bytes of `bytes` as the native-endian word that holds
+/// them in memory, and the mask selecting them: templates for the fast paths.
+const fn template(bytes: [u8; 8]) -> u64 {
+    u64::from_ne_bytes(bytes)
+}
+
+// Linux: MSS, SACK_PERM, TS, NOP, WS (20 bytes).
+const LINUX_W0: u64 = template([KIND_MSS, 4, 0, 0, KIND_SACK_PERM, 2, KIND_TIMESTAMP, 10]);
+const LINUX_W0_MASK: u64 = template([0xff, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+const LINUX_W2: u64 = template([KIND_NOP, KIND_WSCALE, 3, 0, 0, 0, 0, 0]);
+const LINUX_W2_MASK: u64 = template([0xff, 0xff, 0xff, 0, 0, 0, 0, 0]);
+// macOS/iOS: MSS, NOP, WS, NOP, NOP, TS, SACK_PERM, EOL, EOL (24 bytes).
+const APPLE_W0: u64 = template([KIND_MSS, 4, 0, 0, KIND_NOP, KIND_WSCALE, 3, 0]);
+const APPLE_W0_MASK: u64 = template([0xff, 0xff, 0, 0, 0xff, 0xff, 0xff, 0]);
+const APPLE_W1_LOW: u64 = template([KIND_NOP, KIND_NOP, KIND_TIMESTAMP, 10, 0, 0, 0, 0]);
+const APPLE_W2_HIGH: u64 = template([0, 0, 0, 0, KIND_SACK_PERM, 2, 0, 0]);
+const LOW4: u64 = template([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+const HIGH4: u64 = template([0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+// Windows: MSS, NOP, WS, NOP, NOP, SACK_PERM (12 bytes).
+const WIN_W1_LOW: u64 = template([KIND_NOP, KIND_NOP, KIND_SACK_PERM, 2, 0, 0, 0, 0]);
+
+/// Parses the first `len` bytes of `w` (zero-padded past them). A malformed
+/// option (length < 2 or running past the end) stops parsing and keeps what
+/// came before it, as Linux does; options with a wrong length are ignored.
+///
+/// The layouts Linux, Apple and Windows stacks send are matched as whole
+/// words first; anything else takes the general scan, which is unrolled over
+/// the 40 possible start positions so every read is at a constant offset: the
+/// verifier then tracks one scalar (`next`) instead of a variable offset it
+/// must explore path by path.
+#[inline(always)]
+pub fn parse(w: &OptionWords, len: usize) -> SynOptions {
+    if len == 20 && w[0] & LINUX_W0_MASK == LINUX_W0 && w[2] & LINUX_W2_MASK == LINUX_W2 {
+        return SynOptions {
+            mss: be16_at(w, 2),
+            wscale: byte_at(w, 19),
+            sack_ok: true,
+            has_ts: true,
+            tsval: be32_at(w, 8),
+            tsecr: be32_at(w, 12),
+        };
+    }
+    if len == 24
+        && w[0] & APPLE_W0_MASK == APPLE_W0
+        && w[1] & LOW4 == APPLE_W1_LOW
+        && w[2] & HIGH4 == APPLE_W2_HIGH
+    {
+        return SynOptions {
+            mss: be16_at(w, 2),
+            wscale: byte_at(w, 7),
+            sack_ok: true,
+            has_ts: true,
+            tsval: be32_at(w, 12),
+            tsecr: be32_at(w, 16),
+        };
+    }
+    if len == 12 && w[0] & APPLE_W0_MASK == APPLE_W0 && w[1] & LOW4 == WIN_W1_LOW {
+        return SynOptions {
+            mss: be16_at(w, 2),
+            wscale: byte_at(w, 7),
+            sack_ok: true,
+            ..SynOptions::default()
+        };
+    }
+    parse_scan(w, len)
+}
+
+/// The general scan on its own (the fast paths must agree with it).
+#[inline(always)]
+pub fn parse_scan(w: &OptionWords, len: usize) -> SynOptions {
     let mut st = Scan {
         next: 0,
         len: if len > MAX_OPTIONS_LEN {
@@ -106,6 +203,13 @@ pub fn parse<R: FnMut(usize) -> Option<u8>>(len: usize, mut read: R) -> SynOptio
             len
         },
         out: SynOptions::default(),
+    };
+    let mut read = |i: usize| {
+        if i < MAX_OPTIONS_LEN {
+            Some(byte_at(w, i))
+        } else {
+            None
+        }
     };
     macro_rules! at {
         ($($p:literal)*) => { $( st.step($p, &mut read); )* };

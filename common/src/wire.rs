@@ -8,6 +8,21 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 /// Program names in the object file.
 pub const PROG_RESPONDER: &str = "ackgate";
 pub const PROG_PASS: &str = "ackgate_pass";
+pub const PROG_DROP: &str = "ackgate_drop";
+pub const PROG_BENCH: &str = "ackgate_bench";
+pub const MAP_BENCH_FRAME: &str = "BENCH_FRAME";
+pub const MAP_BENCH_TARGET: &str = "BENCH_TARGET";
+
+/// Largest frame the benchmark harness can restore.
+pub const BENCH_FRAME_MAX: usize = 124;
+
+/// The frame the benchmark harness restores before every run.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchFrame {
+    pub len: u32,
+    pub bytes: [u8; BENCH_FRAME_MAX],
+}
 
 /// Number of key slots: indexed by `epoch % 4`, the cookie's epoch bits.
 pub const KEY_SLOTS: u32 = 4;
@@ -134,4 +149,5 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::KeySlot {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::BenchFrame {}
 }

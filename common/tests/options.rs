@@ -1,7 +1,7 @@
 use ackgate_common::options::{self, SynOptions};
 
 fn parse(b: &[u8]) -> SynOptions {
-    options::parse(b.len(), |i| b.get(i).copied())
+    options::parse(&options::words_from_bytes(b), b.len())
 }
 
 #[test]
@@ -74,4 +74,48 @@ fn synack_layouts() {
         parse(&b[..n]),
         SynOptions::new(Some(8960), Some(14), true, Some((9, 10)))
     );
+}
+
+#[test]
+fn apple_syn_options() {
+    // MSS, NOP, WS 6, NOP, NOP, TS, SACK_PERM, EOL, EOL
+    let b = [
+        2, 4, 5, 0xb4, 1, 3, 3, 6, 1, 1, 8, 10, 0, 0, 1, 0, 0, 0, 0, 0, 4, 2, 0, 0,
+    ];
+    assert_eq!(
+        parse(&b),
+        SynOptions::new(Some(1460), Some(6), true, Some((256, 0)))
+    );
+}
+
+/// The word fast paths and the general scan must agree on every layout:
+/// mutate each fast-path layout byte by byte and compare.
+#[test]
+fn fast_paths_agree_with_the_general_scan() {
+    let layouts: [&[u8]; 3] = [
+        &[
+            2, 4, 5, 0xb4, 4, 2, 8, 10, 1, 2, 3, 4, 5, 6, 7, 8, 1, 3, 3, 7,
+        ],
+        &[
+            2, 4, 5, 0xb4, 1, 3, 3, 6, 1, 1, 8, 10, 1, 2, 3, 4, 5, 6, 7, 8, 4, 2, 0, 0,
+        ],
+        &[2, 4, 5, 0xb4, 1, 3, 3, 8, 1, 1, 4, 2],
+    ];
+    let mut fast_hits = 0;
+    for l in layouts {
+        for i in 0..l.len() {
+            for v in [0u8, 1, 2, 3, 4, 8, 10, 0xff] {
+                let mut b = l.to_vec();
+                b[i] = v;
+                let w = options::words_from_bytes(&b);
+                let (fast, scan) = (
+                    options::parse(&w, b.len()),
+                    options::parse_scan(&w, b.len()),
+                );
+                assert_eq!(fast, scan, "layout {l:?} byte {i} = {v}");
+                fast_hits += (b == l) as usize;
+            }
+        }
+    }
+    assert!(fast_hits > 0);
 }

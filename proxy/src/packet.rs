@@ -234,7 +234,7 @@ pub fn parse(frame: &[u8]) -> Option<Parsed> {
     }
     let thlen = (tcp[12] >> 4) as usize * 4;
     let opts = tcp.get(20..thlen)?.to_vec();
-    let parsed_opts = options::parse(opts.len(), |i| opts.get(i).copied());
+    let parsed_opts = options::parse(&options::words_from_bytes(&opts), opts.len());
     Some(Parsed {
         dst_mac: frame[0..6].try_into().ok()?,
         src_mac: frame[6..12].try_into().ok()?,

@@ -4,12 +4,13 @@
 use std::{fmt, net::SocketAddr};
 
 use ackgate_common::wire::{
-    Config, Counter, KeySlot, ServiceKey, COUNTERS, KEY_SLOTS, MAP_CONFIG, MAP_COUNTERS, MAP_KEYS,
-    MAP_SERVICES, PROG_PASS, PROG_RESPONDER,
+    BenchFrame, Config, Counter, KeySlot, ServiceKey, BENCH_FRAME_MAX, COUNTERS, KEY_SLOTS,
+    MAP_BENCH_FRAME, MAP_BENCH_TARGET, MAP_CONFIG, MAP_COUNTERS, MAP_KEYS, MAP_SERVICES,
+    PROG_BENCH, PROG_DROP, PROG_PASS, PROG_RESPONDER,
 };
 use aya::{
-    maps::{Array, HashMap, MapError, PerCpuArray},
-    programs::{ProgramError, TestRun, TestRunAttrs, TestRunOptions, TestRunResult, Xdp, XdpMode},
+    maps::{Array, HashMap, MapError, PerCpuArray, ProgramArray},
+    programs::{ProgramError, TestRun, TestRunOptions, TestRunResult, Xdp, XdpMode},
     Ebpf, EbpfError,
 };
 use thiserror::Error;
@@ -181,6 +182,8 @@ impl Responder {
     pub fn load() -> Result<Self> {
         let mut ebpf = Ebpf::load(OBJECT).map_err(ResponderError::Object)?;
         load_program(&mut ebpf, PROG_RESPONDER)?;
+        load_program(&mut ebpf, PROG_DROP)?;
+        load_program(&mut ebpf, PROG_BENCH)?;
         Ok(Responder {
             ebpf,
             attached: None,
@@ -291,7 +294,7 @@ impl Responder {
     /// Runs the program once on `frame` (BPF_PROG_TEST_RUN); the output frame
     /// is written to `out`.
     pub fn test_run(&self, frame: &[u8], out: &mut [u8]) -> Result<TestRunResult> {
-        let prog: &Xdp = self.program()?;
+        let prog: &Xdp = self.program(PROG_RESPONDER)?;
         let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(out),
@@ -300,29 +303,66 @@ impl Responder {
         prog.test_run(opts).map_err(ResponderError::TestRun)
     }
 
-    /// Runs the program `repeat` times in live-frame mode: each run gets its
-    /// own freshly initialised copy of `frame` (the program rewrites frames in
-    /// place, so plain repeat would feed it its own SYN-ACKs). Returns the
-    /// kernel's mean duration per run.
-    pub fn test_run_live(&self, frame: &[u8], repeat: u32, batch: u32) -> Result<TestRunResult> {
-        let prog: &Xdp = self.program()?;
+    /// Times `repeat` runs of the responder (or, with `baseline`, of the
+    /// XDP_DROP program) on `frame`, in BPF_PROG_TEST_RUN's in-kernel loop.
+    /// Each run goes through the `ackgate_bench` harness, which restores the
+    /// frame first: the responder rewrites its input, and must see a fresh
+    /// SYN every time. Returns the kernel's mean duration per run (harness
+    /// included; subtract a baseline run).
+    pub fn bench_run(
+        &mut self,
+        baseline: bool,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunResult> {
+        if frame.len() > BENCH_FRAME_MAX || frame.len() < 14 {
+            return Err(ResponderError::TestRun(ProgramError::SyscallError(
+                aya::sys::SyscallError {
+                    call: "bench frame",
+                    io_error: std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "frame must be 14..=124 bytes",
+                    ),
+                },
+            )));
+        }
+        let mut t = BenchFrame {
+            len: frame.len() as u32,
+            bytes: [0; BENCH_FRAME_MAX],
+        };
+        t.bytes[..frame.len()].copy_from_slice(frame);
+        let mut fm: Array<_, BenchFrame> =
+            Array::try_from(self.map_mut(MAP_BENCH_FRAME)?).map_err(map_err(MAP_BENCH_FRAME))?;
+        fm.set(0, t, 0).map_err(map_err(MAP_BENCH_FRAME))?;
+        let target = self.program(if baseline { PROG_DROP } else { PROG_RESPONDER })?;
+        let fd = target
+            .fd()
+            .map_err(ResponderError::Load)?
+            .try_clone()
+            .map_err(|e| {
+                ResponderError::TestRun(ProgramError::SyscallError(aya::sys::SyscallError {
+                    call: "dup",
+                    io_error: e,
+                }))
+            })?;
+        let mut pa: ProgramArray<_> = ProgramArray::try_from(self.map_mut(MAP_BENCH_TARGET)?)
+            .map_err(map_err(MAP_BENCH_TARGET))?;
+        pa.set(0, &fd, 0).map_err(map_err(MAP_BENCH_TARGET))?;
+        let harness = self.program(PROG_BENCH)?;
+        let mut out = [0u8; 256];
         let opts = TestRunOptions {
             data_in: Some(frame),
+            data_out: Some(&mut out),
             repeat,
-            attrs: TestRunAttrs::new().xdp_live_frames(batch),
             ..Default::default()
         };
-        prog.test_run(opts).map_err(ResponderError::TestRun)
+        harness.test_run(opts).map_err(ResponderError::TestRun)
     }
 
-    fn program(&self) -> Result<&Xdp> {
+    fn program(&self, name: &str) -> Result<&Xdp> {
         self.ebpf
-            .program(PROG_RESPONDER)
-            .ok_or_else(|| {
-                ResponderError::Load(ProgramError::InvalidName {
-                    name: PROG_RESPONDER.into(),
-                })
-            })?
+            .program(name)
+            .ok_or_else(|| ResponderError::Load(ProgramError::InvalidName { name: name.into() }))?
             .try_into()
             .map_err(ResponderError::Load)
     }
