@@ -11,8 +11,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Debian packages: LLVM 22 for bpf-linker, network tooling for the lab/tests.
-DEB_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev pkg-config
-          iproute2 iptables nftables ethtool curl nginx-light haproxy python3)
+DEB_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev
+          iproute2 iptables python3)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -22,14 +22,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # nginx/haproxy are started by the tests themselves, never as system services.
-  for svc in nginx haproxy; do
-    systemctl disable --now "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true
-  done
 fi
 
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v rustup >/dev/null || { echo "bootstrap: rustup not found; install Rust first" >&2; exit 1; }
+
+# rustfmt and clippy for the checks in scripts/test.sh.
+for c in rustfmt clippy; do
+  if ! rustup component list --installed | grep -q "^$c"; then
+    log "adding $c"
+    rustup component add "$c"
+  fi
+done
 
 # eBPF crate builds with nightly + rust-src (build-std for bpfel-unknown-none).
 if ! rustup toolchain list | grep -q '^nightly'; then

@@ -89,7 +89,7 @@ pub enum ResponderError {
     Attach {
         iface: String,
         mode: AttachMode,
-        source: ProgramError,
+        source: Box<ProgramError>,
         hint: &'static str,
     },
     #[error("BPF map {name}: {source}")]
@@ -382,7 +382,7 @@ fn attach_named(ebpf: &mut Ebpf, prog: &str, iface: &str, mode: AttachMode) -> R
         .map_err(|source| ResponderError::Attach {
             iface: iface.to_string(),
             mode,
-            source,
+            source: Box::new(source),
             hint: match mode {
                 AttachMode::Native => " (the driver may lack native XDP: try --xdp-mode skb)",
                 AttachMode::Skb => "",
