@@ -157,39 +157,49 @@ const WIN_W1_LOW: u64 = template([KIND_NOP, KIND_NOP, KIND_SACK_PERM, 2, 0, 0, 0
 /// must explore path by path.
 #[inline(always)]
 pub fn parse(w: &OptionWords, len: usize) -> SynOptions {
+    match parse_fast(w, len) {
+        Some(o) => o,
+        None => parse_scan(w, len),
+    }
+}
+
+/// Just the whole-word matches of the common layouts; `None` means the
+/// general scan must decide.
+#[inline(always)]
+pub fn parse_fast(w: &OptionWords, len: usize) -> Option<SynOptions> {
     if len == 20 && w[0] & LINUX_W0_MASK == LINUX_W0 && w[2] & LINUX_W2_MASK == LINUX_W2 {
-        return SynOptions {
+        return Some(SynOptions {
             mss: be16_at(w, 2),
             wscale: byte_at(w, 19),
             sack_ok: true,
             has_ts: true,
             tsval: be32_at(w, 8),
             tsecr: be32_at(w, 12),
-        };
+        });
     }
     if len == 24
         && w[0] & APPLE_W0_MASK == APPLE_W0
         && w[1] & LOW4 == APPLE_W1_LOW
         && w[2] & HIGH4 == APPLE_W2_HIGH
     {
-        return SynOptions {
+        return Some(SynOptions {
             mss: be16_at(w, 2),
             wscale: byte_at(w, 7),
             sack_ok: true,
             has_ts: true,
             tsval: be32_at(w, 12),
             tsecr: be32_at(w, 16),
-        };
+        });
     }
     if len == 12 && w[0] & APPLE_W0_MASK == APPLE_W0 && w[1] & LOW4 == WIN_W1_LOW {
-        return SynOptions {
+        return Some(SynOptions {
             mss: be16_at(w, 2),
             wscale: byte_at(w, 7),
             sack_ok: true,
             ..SynOptions::default()
-        };
+        });
     }
-    parse_scan(w, len)
+    None
 }
 
 /// The general scan on its own (the fast paths must agree with it).

@@ -1,7 +1,8 @@
 //! Layouts of the maps userspace and the XDP program share.
 
 /// Map names, so loader and program cannot drift apart.
-pub const MAP_SERVICES: &str = "SERVICES";
+pub const MAP_ADDRS: &str = "ADDRS";
+pub const MAP_PORTS: &str = "PORTS";
 pub const MAP_KEYS: &str = "KEYS";
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_COUNTERS: &str = "COUNTERS";
@@ -26,21 +27,39 @@ pub struct BenchFrame {
 
 /// Number of key slots: indexed by `epoch % 4`, the cookie's epoch bits.
 pub const KEY_SLOTS: u32 = 4;
-/// Maximum protected services (address:port pairs plus their address entries).
-pub const MAX_SERVICES: u32 = 1024;
 
-/// Key of the services map. `addr` holds the address's 16 bytes as four
-/// 32-bit words in network byte order (as loaded from the packet); IPv4
-/// addresses are stored v4-mapped (`::ffff:a.b.c.d`). `port_be` is the port in network byte order; port 0
-/// marks "this address has protected ports", used to drop fragments and IPv6
-/// extension-header packets whose port cannot be read.
+/// Protected addresses, one array entry. Addresses are stored as the packet
+/// carries them (network-order words); unused slots are zero. A packet's
+/// destination is looked up by comparing against the `n4`/`n6` used slots,
+/// then its port in `PORTS`: array lookups the verifier inlines, where a
+/// hash map would cost a hash and several calls per packet.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ServiceKey {
-    pub addr: [u32; 4],
-    pub port_be: u16,
-    pub _pad: u16,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addresses {
+    pub v4: [u32; MAX_ADDRS_V4],
+    pub v6: [[u32; 4]; MAX_ADDRS_V6],
+    pub n4: u32,
+    pub n6: u32,
 }
+
+impl Default for Addresses {
+    fn default() -> Self {
+        Addresses {
+            v4: [0; MAX_ADDRS_V4],
+            v6: [[0; 4]; MAX_ADDRS_V6],
+            n4: 0,
+            n6: 0,
+        }
+    }
+}
+
+/// Protected IPv4 / IPv6 addresses at most.
+pub const MAX_ADDRS_V4: usize = 16;
+pub const MAX_ADDRS_V6: usize = 16;
+/// `PORTS[port]` bit for IPv4 address slot `i` is `1 << i`, for IPv6 slot
+/// `j` it is `1 << (V6_PORT_BIT + j)`.
+pub const V6_PORT_BIT: u32 = 16;
+pub const PORTS_ENTRIES: u32 = 65536;
 
 /// One epoch's key. `valid == 0` means the slot accepts nothing.
 #[repr(C)]
@@ -120,33 +139,11 @@ impl Counter {
     }
 }
 
-impl ServiceKey {
-    /// Key for an IPv6 address (network-order bytes) and port.
-    pub fn from_octets(octets: [u8; 16], port: u16) -> Self {
-        let w =
-            |i: usize| u32::from_ne_bytes([octets[i], octets[i + 1], octets[i + 2], octets[i + 3]]);
-        ServiceKey {
-            addr: [w(0), w(4), w(8), w(12)],
-            port_be: port.to_be(),
-            _pad: 0,
-        }
-    }
-
-    /// Key for an IPv4 address (network-order bytes) and port, v4-mapped.
-    pub fn from_v4_octets(o: [u8; 4], port: u16) -> Self {
-        let mut m = [0u8; 16];
-        m[10] = 0xff;
-        m[11] = 0xff;
-        m[12..].copy_from_slice(&o);
-        Self::from_octets(m, port)
-    }
-}
-
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain repr(C) structs of integers with no implicit padding
     // (field sizes sum to the struct size), valid for any bit pattern.
-    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::Addresses {}
     unsafe impl aya::Pod for super::KeySlot {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::BenchFrame {}

@@ -1,7 +1,7 @@
 //! SYN-cookie responder.
 //!
 //! Per packet: Ethernet, up to two VLAN tags, IPv4 (with options) or IPv6.
-//! TCP to a protected service (the `SERVICES` map) is ours: a SYN becomes a
+//! TCP to a protected service (`ADDRS` + `PORTS`) is ours: a SYN becomes a
 //! cookie SYN-ACK built in place and sent back with `XDP_TX`; anything that
 //! cannot be parsed safely is dropped and counted; other TCP to the service
 //! goes to the kernel for now. Everything else passes untouched.
@@ -17,20 +17,22 @@ use ackgate_common::{
     cookie::{self, FlowV4, FlowV6, Key},
     options::{self, OptionWords, SynAckOptions, SynOptions, NO_WSCALE},
     wire::{
-        BenchFrame, Config, Counter, KeySlot, ServiceKey, BENCH_FRAME_MAX, COUNTERS as N_COUNTERS,
-        KEY_SLOTS, MAX_SERVICES,
+        Addresses, BenchFrame, Config, Counter, KeySlot, BENCH_FRAME_MAX, COUNTERS as N_COUNTERS,
+        KEY_SLOTS, MAX_ADDRS_V4, MAX_ADDRS_V6, PORTS_ENTRIES, V6_PORT_BIT,
     },
 };
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
     helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
     macros::{map, xdp},
-    maps::{Array, HashMap, PerCpuArray, ProgramArray},
+    maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 
 #[map]
-static SERVICES: HashMap<ServiceKey, u8> = HashMap::with_max_entries(MAX_SERVICES, 0);
+static ADDRS: Array<Addresses> = Array::with_max_entries(1, 0);
+#[map]
+static PORTS: Array<u32> = Array::with_max_entries(PORTS_ENTRIES, 0);
 #[map]
 static KEYS: Array<KeySlot> = Array::with_max_entries(KEY_SLOTS, 0);
 #[map]
@@ -188,38 +190,47 @@ fn process(ctx: &XdpContext) -> u32 {
     }
 }
 
-/// Service lookup key: v4-mapped address + port (network order).
+/// Protected-address slot of an IPv4 destination (as in the packet).
 #[inline(always)]
-fn key4(addr_be: u32, port_be: u16) -> ServiceKey {
-    ServiceKey {
-        addr: [0, 0, 0xffffu32.to_be(), addr_be],
-        port_be,
-        _pad: 0,
+fn slot_v4(daddr_be: u32) -> Option<u32> {
+    let a = ADDRS.get(0)?;
+    let mut i = 0;
+    while i < MAX_ADDRS_V4 {
+        if i as u32 >= a.n4 {
+            return None;
+        }
+        if a.v4[i] == daddr_be {
+            return Some(i as u32);
+        }
+        i += 1;
     }
+    None
 }
 
+/// Protected-address slot of an IPv6 destination, as `PORTS` bit index.
 #[inline(always)]
-fn key6(addr: [u32; 4], port_be: u16) -> ServiceKey {
-    ServiceKey {
-        addr,
-        port_be,
-        _pad: 0,
+fn slot_v6(d: &[u32; 4]) -> Option<u32> {
+    let a = ADDRS.get(0)?;
+    let mut i = 0;
+    while i < MAX_ADDRS_V6 {
+        if i as u32 >= a.n6 {
+            return None;
+        }
+        let s = &a.v6[i];
+        if s[0] == d[0] && s[1] == d[1] && s[2] == d[2] && s[3] == d[3] {
+            return Some(V6_PORT_BIT + i as u32);
+        }
+        i += 1;
     }
+    None
 }
 
+/// Whether `port_be` is protected on the address whose bit is `bit`.
 #[inline(always)]
-fn protected(k: &ServiceKey) -> bool {
-    // SAFETY: read-only lookup in a map this program owns.
-    unsafe { SERVICES.get(k) }.is_some()
-}
-
-/// Verdict for a packet to `addr_key`'s address that we cannot read further.
-#[inline(always)]
-fn drop_if_protected(addr_key: &ServiceKey, why: Counter) -> Verdict {
-    if protected(addr_key) {
-        (XDP_DROP, why)
-    } else {
-        PASS
+fn port_protected(bit: u32, port_be: u16) -> bool {
+    match PORTS.get(u16::from_be(port_be) as u32) {
+        Some(bits) => *bits & (1 << bit) != 0,
+        None => false,
     }
 }
 
@@ -239,22 +250,29 @@ fn ipv4_inner(ctx: &XdpContext, l3: usize) -> Result<u32, Verdict> {
     let Some(vihl) = load::<u8>(ctx, l3) else {
         return Err(PASS);
     };
-    let (Some(saddr), Some(daddr), Some(proto)) = (
-        load::<u32>(ctx, l3 + 12),
-        load::<u32>(ctx, l3 + 16),
-        load::<u8>(ctx, l3 + 9),
-    ) else {
+    // One bounds check covers the fixed header; then plain loads. (Loads
+    // are never grouped as tuples of Options: the optimiser merges the
+    // undefined payloads of failed ones, which the verifier rejects.)
+    let Some(h) = ptr_at::<[u32; 5]>(ctx, l3) else {
         return Err(PASS);
     };
+    // SAFETY: `ptr_at` checked the 20 bytes.
+    let h = unsafe { *h };
+    let (saddr, daddr) = (h[3], h[4]);
+    let proto = (u32::from_be(h[2]) >> 16) as u8;
     if vihl >> 4 != 4 || proto != IPPROTO_TCP {
         return Err(PASS);
     }
-    let addr_key = key4(daddr, 0);
+    let Some(bit) = slot_v4(daddr) else {
+        return Err(PASS);
+    };
     let Some(frag) = load::<u16>(ctx, l3 + 6).map(u16::from_be) else {
         return Err(PASS);
     };
+    // From here the destination is a protected address: what cannot be
+    // read safely is dropped.
     if frag & 0x3fff != 0 {
-        return Err(drop_if_protected(&addr_key, Counter::DropFragment));
+        return Err((XDP_DROP, Counter::DropFragment));
     }
     let ihl = ((vihl & 0x0f) as usize) * 4;
     let Some(tot_len) = load::<u16>(ctx, l3 + 2).map(|v| u16::from_be(v) as usize) else {
@@ -262,13 +280,13 @@ fn ipv4_inner(ctx: &XdpContext, l3: usize) -> Result<u32, Verdict> {
     };
     let frame_len = ctx.data_end() - ctx.data();
     if ihl < IPV4_HLEN || tot_len < ihl + TCP_HLEN || l3 + tot_len > frame_len {
-        return Err(drop_if_protected(&addr_key, Counter::DropMalformed));
+        return Err((XDP_DROP, Counter::DropMalformed));
     }
     let l4 = l3 + ihl;
     let Some(dport) = load::<u16>(ctx, l4 + 2) else {
-        return Err(drop_if_protected(&addr_key, Counter::DropMalformed));
+        return Err((XDP_DROP, Counter::DropMalformed));
     };
-    if !protected(&key4(daddr, dport)) {
+    if !port_protected(bit, dport) {
         return Err(PASS);
     }
     let flow = FlowV4 {
@@ -290,40 +308,42 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> u32 {
 
 #[inline(always)]
 fn ipv6_inner(ctx: &XdpContext, l3: usize) -> Result<u32, Verdict> {
-    let (Some(vtc), Some(nexthdr), Some(plen)) = (
-        load::<u8>(ctx, l3),
-        load::<u8>(ctx, l3 + 6),
-        load::<u16>(ctx, l3 + 4),
-    ) else {
+    let Some(h) = ptr_at::<[u32; 10]>(ctx, l3) else {
         return Err(PASS);
     };
-    let Some(daddr) = load::<[u32; 4]>(ctx, l3 + 24) else {
-        return Err(PASS);
-    };
+    // SAFETY: `ptr_at` checked the 40-byte fixed header.
+    let h = unsafe { *h };
+    let vtc = (u32::from_be(h[0]) >> 24) as u8;
+    let w1 = u32::from_be(h[1]);
+    let plen = (w1 >> 16) as u16;
+    let nexthdr = (w1 >> 8) as u8;
+    let saddr = [h[2], h[3], h[4], h[5]];
+    let daddr = [h[6], h[7], h[8], h[9]];
     if vtc >> 4 != 6 {
         return Err(PASS);
     }
-    let addr_key = key6(daddr, 0);
+    let Some(bit) = slot_v6(&daddr) else {
+        return Err(PASS);
+    };
     if nexthdr != IPPROTO_TCP {
-        // Extension headers hide the port; ours to drop if the address is
-        // protected (xdp_synproxy lets these through: a bypass).
+        // Extension headers hide the port; a protected address's are ours to
+        // drop (xdp_synproxy lets these through: a bypass).
         return Err(if is_ipv6_ext(nexthdr) {
-            drop_if_protected(&addr_key, Counter::DropIpv6Ext)
+            (XDP_DROP, Counter::DropIpv6Ext)
         } else {
             PASS
         });
     }
-    let plen = u16::from_be(plen) as usize;
+    let plen = plen as usize;
     let frame_len = ctx.data_end() - ctx.data();
     let l4 = l3 + IPV6_HLEN;
     if plen < TCP_HLEN || l4 + plen > frame_len {
-        return Err(drop_if_protected(&addr_key, Counter::DropMalformed));
+        return Err((XDP_DROP, Counter::DropMalformed));
     }
-    let (Some(dport), Some(saddr)) = (load::<u16>(ctx, l4 + 2), load::<[u32; 4]>(ctx, l3 + 8))
-    else {
-        return Err(drop_if_protected(&addr_key, Counter::DropMalformed));
+    let Some(dport) = load::<u16>(ctx, l4 + 2) else {
+        return Err((XDP_DROP, Counter::DropMalformed));
     };
-    if !protected(&key6(daddr, dport)) {
+    if !port_protected(bit, dport) {
         return Err(PASS);
     }
     let flow = FlowV6 {
@@ -362,14 +382,16 @@ fn tcp_inner<A: Answer>(
     seg_end: usize,
     addrs: &A,
 ) -> Verdict {
-    let (Some(sport), Some(seq), Some(doff), Some(flags)) = (
-        load::<u16>(ctx, l4),
-        load::<u32>(ctx, l4 + 4),
-        load::<u8>(ctx, l4 + 12),
-        load::<u8>(ctx, l4 + 13),
-    ) else {
+    let Some(t) = ptr_at::<[u32; 5]>(ctx, l4) else {
         return (XDP_DROP, Counter::DropMalformed);
     };
+    // SAFETY: `ptr_at` checked the 20-byte TCP header.
+    let t = unsafe { *t };
+    let sport = (t[0] & 0xffff) as u16; // network order: first two bytes in memory
+    let seq = t[1];
+    let w3 = u32::from_be(t[3]);
+    let doff = (w3 >> 24) as u8;
+    let flags = (w3 >> 16) as u8;
     let thlen = ((doff >> 4) as usize) * 4;
     if thlen < TCP_HLEN || l4 + thlen > seg_end {
         return (XDP_DROP, Counter::DropMalformed);
@@ -400,7 +422,9 @@ fn tcp_inner<A: Answer>(
     };
 
     let mut syn_opts = SynOptions::default();
-    if !syn_options(ctx, l4, thlen, &mut syn_opts) {
+    if !fast_options(ctx, l4 + TCP_HLEN, thlen - TCP_HLEN, &mut syn_opts)
+        && !syn_options(ctx, l4, thlen, &mut syn_opts)
+    {
         return (XDP_DROP, Counter::DropMalformed);
     }
     let isn = u32::from_be(seq);
@@ -445,6 +469,64 @@ impl Answer for V6 {
     }
 }
 
+/// The option layouts Linux, Apple and Windows send, read with direct packet
+/// loads of their exact lengths and matched as words. False: not one of
+/// them (or not readable), leave it to `syn_options`.
+#[inline(always)]
+fn fast_options(ctx: &XdpContext, off: usize, len: usize, out: &mut SynOptions) -> bool {
+    // Words hold option bytes in memory order, zero-padded; a zero-extended
+    // u32 load is that on little-endian BPF.
+    let w: OptionWords = match len {
+        20 => match ptr_at::<[u32; 5]>(ctx, off) {
+            // SAFETY: `ptr_at` checked the 20 bytes.
+            Some(p) => {
+                let b = unsafe { *p };
+                [words(b[0], b[1]), words(b[2], b[3]), b[4] as u64, 0, 0]
+            }
+            None => return false,
+        },
+        24 => match ptr_at::<[u32; 6]>(ctx, off) {
+            Some(p) => {
+                // SAFETY: `ptr_at` checked the 24 bytes.
+                let b = unsafe { *p };
+                [
+                    words(b[0], b[1]),
+                    words(b[2], b[3]),
+                    words(b[4], b[5]),
+                    0,
+                    0,
+                ]
+            }
+            None => return false,
+        },
+        12 => match ptr_at::<[u32; 3]>(ctx, off) {
+            Some(p) => {
+                // SAFETY: `ptr_at` checked the 12 bytes.
+                let b = unsafe { *p };
+                [words(b[0], b[1]), b[2] as u64, 0, 0, 0]
+            }
+            None => return false,
+        },
+        _ => return false,
+    };
+    match options::parse_fast(&w, len) {
+        Some(o) => {
+            *out = o;
+            true
+        }
+        None => false,
+    }
+}
+
+/// Two consecutive u32s as the u64 occupying the same memory (little-endian).
+#[inline(always)]
+fn words(lo: u32, hi: u32) -> u64 {
+    ((hi as u64) << 32) | lo as u64
+}
+
+#[cfg(not(target_endian = "little"))]
+compile_error!("fast_options assumes little-endian BPF (bpfel)");
+
 /// Parses the SYN's options into `out`; false if they cannot be read.
 /// A separate BPF function: its 40-byte buffer and scan state get their own
 /// stack frame.
@@ -452,6 +534,14 @@ impl Answer for V6 {
 fn syn_options(ctx: &XdpContext, l4: usize, thlen: usize, out: &mut SynOptions) -> bool {
     // Copy the options to the stack once: the parser then reads fixed stack
     // offsets, and the verifier has no packet ranges to track per option.
+    // Re-checked on this register: the caller's check may have been made on
+    // another one (the verifier's bounds do not follow), and the volatile
+    // read keeps LLVM from dropping the check as proven by the caller.
+    // SAFETY: reading a local.
+    let thlen = unsafe { core::ptr::read_volatile(&thlen) };
+    if !(TCP_HLEN..=TCP_HLEN + options::MAX_OPTIONS_LEN).contains(&thlen) {
+        return false;
+    }
     let opt_len = thlen - TCP_HLEN;
     // Zeroed with explicit stores: `[0; 5]` becomes a call to a byte-wise
     // BPF memset (40 iterations) on this target.
@@ -490,7 +580,7 @@ fn syn_options(ctx: &XdpContext, l4: usize, thlen: usize, out: &mut SynOptions) 
     // SAFETY: bounds checked by `ptr_at`; volatile so it is a separate load.
     let doff = unsafe { core::ptr::read_volatile(p) };
     let parse_len = (((doff >> 4) as usize) * 4).saturating_sub(TCP_HLEN);
-    *out = options::parse(raw, parse_len);
+    *out = options::parse_scan(raw, parse_len);
     true
 }
 

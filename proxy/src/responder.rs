@@ -4,12 +4,12 @@
 use std::{fmt, net::SocketAddr};
 
 use ackgate_common::wire::{
-    BenchFrame, Config, Counter, KeySlot, ServiceKey, BENCH_FRAME_MAX, COUNTERS, KEY_SLOTS,
-    MAP_BENCH_FRAME, MAP_BENCH_TARGET, MAP_CONFIG, MAP_COUNTERS, MAP_KEYS, MAP_SERVICES,
-    PROG_BENCH, PROG_DROP, PROG_PASS, PROG_RESPONDER,
+    Addresses, BenchFrame, Config, Counter, KeySlot, BENCH_FRAME_MAX, COUNTERS, KEY_SLOTS,
+    MAP_ADDRS, MAP_BENCH_FRAME, MAP_BENCH_TARGET, MAP_CONFIG, MAP_COUNTERS, MAP_KEYS, MAP_PORTS,
+    MAX_ADDRS_V4, MAX_ADDRS_V6, PROG_BENCH, PROG_DROP, PROG_PASS, PROG_RESPONDER, V6_PORT_BIT,
 };
 use aya::{
-    maps::{Array, HashMap, MapError, PerCpuArray, ProgramArray},
+    maps::{Array, MapError, PerCpuArray, ProgramArray},
     programs::{ProgramError, TestRun, TestRunOptions, TestRunResult, Xdp, XdpMode},
     Ebpf, EbpfError,
 };
@@ -92,6 +92,8 @@ pub enum ResponderError {
         source: Box<ProgramError>,
         hint: &'static str,
     },
+    #[error("at most {max} protected {family} addresses")]
+    TooManyAddresses { family: &'static str, max: usize },
     #[error("BPF map {name}: {source}")]
     Map {
         name: &'static str,
@@ -204,24 +206,57 @@ impl Responder {
         })
     }
 
-    /// Protects `addr` (IPv4 or IPv6, port > 0).
+    /// Protects `addr` (IPv4 or IPv6, port > 0). Up to 16 addresses per
+    /// family, any number of ports each.
     pub fn add_service(&mut self, addr: SocketAddr) -> Result<()> {
-        let (k, any) = match addr {
-            SocketAddr::V4(a) => (
-                ServiceKey::from_v4_octets(a.ip().octets(), a.port()),
-                ServiceKey::from_v4_octets(a.ip().octets(), 0),
-            ),
-            SocketAddr::V6(a) => (
-                ServiceKey::from_octets(a.ip().octets(), a.port()),
-                ServiceKey::from_octets(a.ip().octets(), 0),
-            ),
+        let am: Array<_, Addresses> =
+            Array::try_from(self.map_mut(MAP_ADDRS)?).map_err(map_err(MAP_ADDRS))?;
+        let mut a = am.get(&0, 0).map_err(map_err(MAP_ADDRS))?;
+        let bit = match addr {
+            SocketAddr::V4(v) => {
+                let w = u32::from_ne_bytes(v.ip().octets());
+                let n = a.n4 as usize;
+                let i = a.v4[..n].iter().position(|x| *x == w).unwrap_or(n);
+                if i == MAX_ADDRS_V4 {
+                    return Err(ResponderError::TooManyAddresses {
+                        family: "IPv4",
+                        max: MAX_ADDRS_V4,
+                    });
+                }
+                a.v4[i] = w;
+                a.n4 = a.n4.max(i as u32 + 1);
+                i as u32
+            }
+            SocketAddr::V6(v) => {
+                let o = v.ip().octets();
+                let w =
+                    [0, 4, 8, 12].map(|k| u32::from_ne_bytes([o[k], o[k + 1], o[k + 2], o[k + 3]]));
+                let n = a.n6 as usize;
+                let i = a.v6[..n].iter().position(|x| *x == w).unwrap_or(n);
+                if i == MAX_ADDRS_V6 {
+                    return Err(ResponderError::TooManyAddresses {
+                        family: "IPv6",
+                        max: MAX_ADDRS_V6,
+                    });
+                }
+                a.v6[i] = w;
+                a.n6 = a.n6.max(i as u32 + 1);
+                V6_PORT_BIT + i as u32
+            }
         };
-        let mut m: HashMap<_, ServiceKey, u8> =
-            HashMap::try_from(self.map_mut(MAP_SERVICES)?).map_err(map_err(MAP_SERVICES))?;
-        m.insert(k, 1, 0).map_err(map_err(MAP_SERVICES))?;
-        // Port-0 entry: "this address has protected ports" (fragments, IPv6
-        // extension headers).
-        m.insert(any, 1, 0).map_err(map_err(MAP_SERVICES))?;
+        // Port bit first, then the address that makes it reachable.
+        {
+            let mut pm: Array<_, u32> =
+                Array::try_from(self.map_mut(MAP_PORTS)?).map_err(map_err(MAP_PORTS))?;
+            let bits = pm
+                .get(&(addr.port() as u32), 0)
+                .map_err(map_err(MAP_PORTS))?;
+            pm.set(addr.port() as u32, bits | (1 << bit), 0)
+                .map_err(map_err(MAP_PORTS))?;
+        }
+        let mut am: Array<_, Addresses> =
+            Array::try_from(self.map_mut(MAP_ADDRS)?).map_err(map_err(MAP_ADDRS))?;
+        am.set(0, a, 0).map_err(map_err(MAP_ADDRS))?;
         Ok(())
     }
 

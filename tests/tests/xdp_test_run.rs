@@ -495,3 +495,31 @@ fn randomized_syns_always_get_valid_synacks() {
         }
     }
 }
+
+#[test]
+fn ports_belong_to_their_address_and_address_slots_are_bounded() {
+    let mut f = fixture();
+    let other = Ipv4Addr::new(198, 18, 0, 2);
+    f.r.add_service(SocketAddr::new(other.into(), 443)).unwrap();
+    // 443 is protected on `other`, not on VIP4 (which has 80).
+    let mut s = syn4(&[]);
+    s.dport = 443;
+    let (action, _, d) = f.run(&s.build());
+    assert_eq!((action, d.get(Counter::Passed)), (XDP_PASS, 1));
+    s.dst = other.into();
+    f.answer(&s);
+    // Adding an existing service again is a no-op, not a new slot.
+    f.r.add_service(SocketAddr::new(other.into(), 443)).unwrap();
+    for i in 3..=16u8 {
+        f.r.add_service(SocketAddr::new(Ipv4Addr::new(198, 18, 0, i).into(), 80))
+            .unwrap();
+    }
+    let err =
+        f.r.add_service(SocketAddr::new(Ipv4Addr::new(198, 18, 0, 17).into(), 80))
+            .unwrap_err();
+    assert_eq!(err.to_string(), "at most 16 protected IPv4 addresses");
+    // The last slot works.
+    let mut s = syn4(&[]);
+    s.dst = Ipv4Addr::new(198, 18, 0, 16).into();
+    f.answer(&s);
+}
