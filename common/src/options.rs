@@ -143,6 +143,9 @@ const APPLE_W1_LOW: u64 = template([KIND_NOP, KIND_NOP, KIND_TIMESTAMP, 10, 0, 0
 const APPLE_W2_HIGH: u64 = template([0, 0, 0, 0, KIND_SACK_PERM, 2, 0, 0]);
 const LOW4: u64 = template([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
 const HIGH4: u64 = template([0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+// MSS alone (4 bytes).
+const MSS_ONLY: u64 = template([KIND_MSS, 4, 0, 0, 0, 0, 0, 0]);
+const MSS_ONLY_MASK: u64 = template([0xff, 0xff, 0, 0, 0, 0, 0, 0]);
 // Windows: MSS, NOP, WS, NOP, NOP, SACK_PERM (12 bytes).
 const WIN_W1_LOW: u64 = template([KIND_NOP, KIND_NOP, KIND_SACK_PERM, 2, 0, 0, 0, 0]);
 
@@ -167,6 +170,16 @@ pub fn parse(w: &OptionWords, len: usize) -> SynOptions {
 /// general scan must decide.
 #[inline(always)]
 pub fn parse_fast(w: &OptionWords, len: usize) -> Option<SynOptions> {
+    // No options, or MSS only: what flood tools (and some stacks) send.
+    if len == 0 {
+        return Some(SynOptions::default());
+    }
+    if len == 4 && w[0] & MSS_ONLY_MASK == MSS_ONLY {
+        return Some(SynOptions {
+            mss: be16_at(w, 2),
+            ..SynOptions::default()
+        });
+    }
     if len == 20 && w[0] & LINUX_W0_MASK == LINUX_W0 && w[2] & LINUX_W2_MASK == LINUX_W2 {
         return Some(SynOptions {
             mss: be16_at(w, 2),

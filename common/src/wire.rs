@@ -86,6 +86,9 @@ pub struct Config {
     pub ready: u8,
     /// Window in the SYN-ACK (unscaled, as windows in SYNs always are).
     pub window: u16,
+    /// Millisecond clock (CLOCK_MONOTONIC) for SYN-ACK TSvals, refreshed by
+    /// userspace every tick: coarse, but the SYN path needs no helper call.
+    pub clock_ms: u32,
 }
 
 /// Per-CPU counters, summed by userspace.

@@ -23,7 +23,7 @@ use ackgate_common::{
 };
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
-    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    helpers::{bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
     macros::{map, xdp},
     maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
@@ -477,6 +477,12 @@ fn fast_options(ctx: &XdpContext, off: usize, len: usize, out: &mut SynOptions) 
     // Words hold option bytes in memory order, zero-padded; a zero-extended
     // u32 load is that on little-endian BPF.
     let w: OptionWords = match len {
+        0 => [0; 5],
+        4 => match ptr_at::<u32>(ctx, off) {
+            // SAFETY: `ptr_at` checked the 4 bytes.
+            Some(p) => [unsafe { *p } as u64, 0, 0, 0, 0],
+            None => return false,
+        },
         20 => match ptr_at::<[u32; 5]>(ctx, off) {
             // SAFETY: `ptr_at` checked the 20 bytes.
             Some(p) => {
@@ -613,8 +619,7 @@ impl Reply<'_> {
         let mss = F::MSS_TABLE[(idx & 7) as usize];
         if o.has_ts {
             let bits = cookie::option_bits(o.wscale, o.sack_ok, self.ecn);
-            // SAFETY: helper without arguments; monotonic clock.
-            let now_ms = (unsafe { bpf_ktime_get_ns() } / 1_000_000) as u32;
+            let now_ms = self.cfg.clock_ms;
             let our_ts = cookie::encode_tsval(now_ms, bits);
             let c = cookie::make(flow, &self.key, self.epoch, self.isn, idx, bits);
             let ws = if o.wscale == NO_WSCALE {

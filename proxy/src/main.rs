@@ -145,10 +145,11 @@ fn run(a: RunArgs) -> Result<()> {
 
     let mut last_stats = std::time::Instant::now();
     loop {
-        if let Some(sig) = wait_signal(&stop, Duration::from_millis(500))? {
+        if let Some(sig) = wait_signal(&stop, Duration::from_millis(100))? {
             println!("ackgate: {sig}, detaching");
             break;
         }
+        r.tick_clock()?;
         let now = current_epoch(a.epoch_secs);
         if now != epoch {
             epoch = now;

@@ -144,6 +144,19 @@ impl fmt::Display for Counters {
 pub struct Responder {
     ebpf: Ebpf,
     attached: Option<(String, AttachMode)>,
+    /// What userspace last wrote to `CONFIG`.
+    config: Config,
+}
+
+/// CLOCK_MONOTONIC in milliseconds (wrapping), the kernel TCP clock's base.
+pub fn monotonic_ms() -> u32 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    (t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000) as u32
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> ResponderError {
@@ -189,6 +202,7 @@ impl Responder {
         Ok(Responder {
             ebpf,
             attached: None,
+            config: Config::default(),
         })
     }
 
@@ -281,16 +295,18 @@ impl Responder {
             }
         }
         {
-            let mut cfg: Array<_, Config> =
-                Array::try_from(self.map_mut(MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
-            let c = Config {
+            self.config = Config {
                 epoch,
                 mss4: settings.mss4,
                 mss6: settings.mss6,
                 wscale: settings.wscale,
                 ready: 1,
                 window: settings.window,
+                clock_ms: monotonic_ms(),
             };
+            let c = self.config;
+            let mut cfg: Array<_, Config> =
+                Array::try_from(self.map_mut(MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
             cfg.set(0, c, 0).map_err(map_err(MAP_CONFIG))?;
         }
         let mut keys: Array<_, KeySlot> =
@@ -298,6 +314,16 @@ impl Responder {
         keys.set(epoch.wrapping_add(2) % KEY_SLOTS, KeySlot::default(), 0)
             .map_err(map_err(MAP_KEYS))?;
         Ok(())
+    }
+
+    /// Refreshes the millisecond clock the SYN-ACK TSvals carry; call it
+    /// every tick (ackgate does, every 100 ms).
+    pub fn tick_clock(&mut self) -> Result<()> {
+        self.config.clock_ms = monotonic_ms();
+        let c = self.config;
+        let mut cfg: Array<_, Config> =
+            Array::try_from(self.map_mut(MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
+        cfg.set(0, c, 0).map_err(map_err(MAP_CONFIG))
     }
 
     /// Attaches to `iface` (in the calling thread's network namespace).

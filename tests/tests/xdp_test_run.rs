@@ -143,6 +143,12 @@ fn full_linux_option_set_v4_and_v6() {
             tsval & cookie::TS_OPT_MASK,
             cookie::option_bits(10, true, false) as u32
         );
+        // The clock part is userspace's CLOCK_MONOTONIC milliseconds.
+        let now = ackgate::responder::monotonic_ms();
+        assert!(
+            now.wrapping_sub(tsval & !cookie::TS_OPT_MASK) < 5_000,
+            "TSval {tsval} vs clock {now}"
+        );
         // Linux layout: MSS, SACK_PERM+TS, NOP+WS.
         assert_eq!(
             &p.options_raw[..6],
