@@ -140,6 +140,20 @@ fn bad_input_gives_one_clear_error() {
     );
     std::fs::remove_file(bad).ok();
 
+    // Not root: one line saying so (setpriv drops to nobody).
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(ackgate_bin())
+        .args(["run", "--iface", "lo", "--listen", "127.0.0.1:80"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text.trim().starts_with("ackgate: must run as root") && text.lines().count() == 1,
+        "{text}"
+    );
+
     let (code, text) = ackgate(&["run", "--iface", "lo", "--listen", "::1:80"]);
     assert_eq!(code, 2, "clap usage error");
     assert!(text.contains("IPv6 addresses go in brackets"), "{text}");
