@@ -6,7 +6,7 @@ use std::{fmt, net::SocketAddr};
 use ackgate_common::wire::{
     Addresses, BenchFrame, Config, Counter, KeySlot, BENCH_FRAME_MAX, COUNTERS, KEY_SLOTS,
     MAP_ADDRS, MAP_BENCH_FRAME, MAP_BENCH_TARGET, MAP_CONFIG, MAP_COUNTERS, MAP_KEYS, MAP_PORTS,
-    MAX_ADDRS_V4, MAX_ADDRS_V6, PROG_BENCH, PROG_DROP, PROG_PASS, PROG_RESPONDER, V6_PORT_BIT,
+    PROG_BENCH, PROG_DROP, PROG_PASS, PROG_RESPONDER, V6_PORT_BIT,
 };
 use aya::{
     maps::{Array, MapError, PerCpuArray, ProgramArray},
@@ -229,33 +229,13 @@ impl Responder {
         let bit = match addr {
             SocketAddr::V4(v) => {
                 let w = u32::from_ne_bytes(v.ip().octets());
-                let n = a.n4 as usize;
-                let i = a.v4[..n].iter().position(|x| *x == w).unwrap_or(n);
-                if i == MAX_ADDRS_V4 {
-                    return Err(ResponderError::TooManyAddresses {
-                        family: "IPv4",
-                        max: MAX_ADDRS_V4,
-                    });
-                }
-                a.v4[i] = w;
-                a.n4 = a.n4.max(i as u32 + 1);
-                i as u32
+                slot_for(&mut a.v4, &mut a.n4, w, "IPv4")?
             }
             SocketAddr::V6(v) => {
                 let o = v.ip().octets();
                 let w =
                     [0, 4, 8, 12].map(|k| u32::from_ne_bytes([o[k], o[k + 1], o[k + 2], o[k + 3]]));
-                let n = a.n6 as usize;
-                let i = a.v6[..n].iter().position(|x| *x == w).unwrap_or(n);
-                if i == MAX_ADDRS_V6 {
-                    return Err(ResponderError::TooManyAddresses {
-                        family: "IPv6",
-                        max: MAX_ADDRS_V6,
-                    });
-                }
-                a.v6[i] = w;
-                a.n6 = a.n6.max(i as u32 + 1);
-                V6_PORT_BIT + i as u32
+                V6_PORT_BIT + slot_for(&mut a.v6, &mut a.n6, w, "IPv6")?
             }
         };
         // Port bit first, then the address that makes it reachable.
@@ -427,6 +407,26 @@ impl Responder {
             .try_into()
             .map_err(ResponderError::Load)
     }
+}
+
+/// The slot holding `w` among the `n` used ones, or a new one after them.
+fn slot_for<T: PartialEq + Copy>(
+    slots: &mut [T],
+    n: &mut u32,
+    w: T,
+    family: &'static str,
+) -> Result<u32> {
+    let used = *n as usize;
+    let i = slots[..used].iter().position(|x| *x == w).unwrap_or(used);
+    if i == slots.len() {
+        return Err(ResponderError::TooManyAddresses {
+            family,
+            max: slots.len(),
+        });
+    }
+    slots[i] = w;
+    *n = (*n).max(i as u32 + 1);
+    Ok(i as u32)
 }
 
 fn attach_named(ebpf: &mut Ebpf, prog: &str, iface: &str, mode: AttachMode) -> Result<()> {
