@@ -226,6 +226,40 @@ pub fn restore<F: Flow>(cookie: u32, opts: u8) -> Restored {
     }
 }
 
+/// The options an ACK's option byte restores (window scale as the client's
+/// shift or `options::NO_WSCALE`): `restore` without the MSS, in
+/// BPF-friendly form (no `Option`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestoredBits {
+    pub wscale: u8,
+    pub sack: bool,
+    pub ecn: bool,
+    pub timestamps: bool,
+}
+
+#[inline(always)]
+pub fn restore_bits(opts: u8) -> RestoredBits {
+    if opts == OPTS_NO_TIMESTAMPS {
+        return RestoredBits {
+            wscale: crate::options::NO_WSCALE,
+            sack: false,
+            ecn: false,
+            timestamps: false,
+        };
+    }
+    let ws = opts & OPT_WSCALE_MASK;
+    RestoredBits {
+        wscale: if ws == WSCALE_NONE {
+            crate::options::NO_WSCALE
+        } else {
+            ws
+        },
+        sack: opts & OPT_SACK != 0,
+        ecn: opts & OPT_ECN != 0,
+        timestamps: true,
+    }
+}
+
 /// Epoch number for a unix time.
 #[inline(always)]
 pub fn epoch_at(unix_secs: u64, period_secs: u32) -> u32 {

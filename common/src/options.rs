@@ -143,6 +143,8 @@ const APPLE_W1_LOW: u64 = template([KIND_NOP, KIND_NOP, KIND_TIMESTAMP, 10, 0, 0
 const APPLE_W2_HIGH: u64 = template([0, 0, 0, 0, KIND_SACK_PERM, 2, 0, 0]);
 const LOW4: u64 = template([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
 const HIGH4: u64 = template([0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+// NOP, NOP, TS (12 bytes), in ACKs.
+const ACK_TS_W0: u64 = template([KIND_NOP, KIND_NOP, KIND_TIMESTAMP, 10, 0, 0, 0, 0]);
 // MSS alone (4 bytes).
 const MSS_ONLY: u64 = template([KIND_MSS, 4, 0, 0, 0, 0, 0, 0]);
 const MSS_ONLY_MASK: u64 = template([0xff, 0xff, 0, 0, 0, 0, 0, 0]);
@@ -202,6 +204,15 @@ pub fn parse_fast(w: &OptionWords, len: usize) -> Option<SynOptions> {
             has_ts: true,
             tsval: be32_at(w, 12),
             tsecr: be32_at(w, 16),
+        });
+    }
+    // NOP, NOP, TS: what Linux and Apple put in every segment after the SYN.
+    if len == 12 && w[0] & LOW4 == ACK_TS_W0 {
+        return Some(SynOptions {
+            has_ts: true,
+            tsval: be32_at(w, 4),
+            tsecr: be32_at(w, 8),
+            ..SynOptions::default()
         });
     }
     if len == 12 && w[0] & APPLE_W0_MASK == APPLE_W0 && w[1] & LOW4 == WIN_W1_LOW {

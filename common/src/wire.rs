@@ -89,6 +89,57 @@ pub struct Config {
     /// Millisecond clock (CLOCK_MONOTONIC) for SYN-ACK TSvals, refreshed by
     /// userspace every tick: coarse, but the SYN path needs no helper call.
     pub clock_ms: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+}
+
+/// `Config::flags`: verify ACKs for flows with no kernel socket and hand the
+/// valid ones to userspace (`HANDOFF` ring buffer). Off, such ACKs go to the
+/// kernel like any other non-SYN segment.
+pub const FLAG_HANDOFF: u32 = 1;
+
+/// Ring buffer of verified flows for the proxy.
+pub const MAP_HANDOFF: &str = "HANDOFF";
+pub const HANDOFF_RING_BYTES: u32 = 1 << 20;
+
+/// `Handoff::flags` bits.
+pub const HF_SACK: u8 = 1;
+pub const HF_ECN: u8 = 2;
+pub const HF_TIMESTAMPS: u8 = 4;
+pub const HF_FIN: u8 = 8;
+/// The verifying segment was a zero-window probe (seq = client ISN).
+pub const HF_PROBE: u8 = 16;
+
+/// A verified ACK: everything userspace needs to materialize the connection.
+/// Addresses and ports as in the packet (network order); IPv4 addresses are
+/// in `saddr[0]`/`daddr[0]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handoff {
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    /// 4 or 6.
+    pub family: u8,
+    /// The client's window shift, or `options::NO_WSCALE`.
+    pub wscale: u8,
+    /// `HF_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
+    pub client_isn: u32,
+    pub cookie: u32,
+    /// Negotiated MSS (from the cookie's table).
+    pub mss: u16,
+    /// The client's raw (unscaled) window field in the ACK.
+    pub window: u16,
+    /// The ACK's TSval (client clock) and TSecr (our SYN-ACK TSval).
+    pub tsval: u32,
+    pub tsecr: u32,
+    /// Payload bytes the segment carried (not delivered: the SYN-ACK's window
+    /// was zero, so the client resends them once the window opens).
+    pub payload_len: u16,
+    pub _pad2: u16,
 }
 
 /// Per-CPU counters, summed by userspace.
@@ -111,9 +162,17 @@ pub enum Counter {
     DropResize = 6,
     /// SYNs dropped because userspace has not finished configuring keys.
     DropNotReady = 7,
+    /// ACKs with a valid cookie handed to userspace.
+    AckVerified = 8,
+    /// ACKs with no socket and no valid cookie: dropped silently.
+    AckRejected = 9,
+    /// Valid ACKs dropped because the handoff ring was full.
+    DropRingFull = 10,
+    /// RSTs for flows with no socket (nothing to reset): dropped.
+    DropRstNoFlow = 11,
 }
 
-pub const COUNTERS: usize = 8;
+pub const COUNTERS: usize = 12;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS] = [
@@ -125,6 +184,10 @@ impl Counter {
         Counter::DropIpv6Ext,
         Counter::DropResize,
         Counter::DropNotReady,
+        Counter::AckVerified,
+        Counter::AckRejected,
+        Counter::DropRingFull,
+        Counter::DropRstNoFlow,
     ];
 
     /// Stable snake_case name (used in output and, later, metric labels).
@@ -138,6 +201,10 @@ impl Counter {
             Counter::DropIpv6Ext => "drop_ipv6_ext",
             Counter::DropResize => "drop_resize",
             Counter::DropNotReady => "drop_not_ready",
+            Counter::AckVerified => "ack_verified",
+            Counter::AckRejected => "ack_rejected",
+            Counter::DropRingFull => "drop_ring_full",
+            Counter::DropRstNoFlow => "drop_rst_no_flow",
         }
     }
 }
@@ -150,4 +217,5 @@ mod pod {
     unsafe impl aya::Pod for super::KeySlot {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::BenchFrame {}
+    unsafe impl aya::Pod for super::Handoff {}
 }

@@ -92,9 +92,10 @@ fn apple_syn_options() {
 /// mutate each fast-path layout byte by byte and compare.
 #[test]
 fn fast_paths_agree_with_the_general_scan() {
-    let layouts: [&[u8]; 5] = [
+    let layouts: [&[u8]; 6] = [
         &[],
         &[2, 4, 5, 0xb4],
+        &[1, 1, 8, 10, 1, 2, 3, 4, 5, 6, 7, 8],
         &[
             2, 4, 5, 0xb4, 4, 2, 8, 10, 1, 2, 3, 4, 5, 6, 7, 8, 1, 3, 3, 7,
         ],

@@ -17,16 +17,25 @@ use ackgate_common::{
     cookie::{self, FlowV4, FlowV6, Key},
     options::{self, OptionWords, SynAckOptions, SynOptions, NO_WSCALE},
     wire::{
-        Addresses, BenchFrame, Config, Counter, KeySlot, BENCH_FRAME_MAX, COUNTERS as N_COUNTERS,
-        KEY_SLOTS, MAX_ADDRS_V4, MAX_ADDRS_V6, PORTS_ENTRIES, V6_PORT_BIT,
+        Addresses, BenchFrame, Config, Counter, Handoff, KeySlot, BENCH_FRAME_MAX,
+        COUNTERS as N_COUNTERS, FLAG_HANDOFF, HANDOFF_RING_BYTES, HF_ECN, HF_FIN, HF_PROBE,
+        HF_SACK, HF_TIMESTAMPS, KEY_SLOTS, MAX_ADDRS_V4, MAX_ADDRS_V6, PORTS_ENTRIES, V6_PORT_BIT,
     },
 };
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
-    helpers::{bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    bindings::{
+        bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, BPF_F_CURRENT_NETNS,
+    },
+    helpers::{
+        bpf_sk_release, bpf_skc_lookup_tcp, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
+        bpf_xdp_store_bytes,
+    },
     macros::{map, xdp},
-    maps::{Array, PerCpuArray, ProgramArray},
+    maps::{Array, PerCpuArray, ProgramArray, RingBuf},
     programs::XdpContext,
+    EbpfContext as _,
 };
 
 #[map]
@@ -69,6 +78,9 @@ pub fn ackgate(ctx: XdpContext) -> u32 {
 pub fn ackgate_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
+
+#[map]
+static HANDOFF: RingBuf = RingBuf::with_byte_size(HANDOFF_RING_BYTES, 0);
 
 #[map]
 static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
@@ -367,9 +379,9 @@ fn halves(a: &[u32; 4]) -> [u64; 2] {
     [(w(0) << 32) | w(1), (w(2) << 32) | w(3)]
 }
 
-/// TCP to a protected service. One BPF function per address family, so each
-/// keeps its own stack frame under the limit.
-#[inline(never)]
+/// TCP to a protected service: header checks, then the SYN or ACK path,
+/// each a BPF function of its own so their frames never stack.
+#[inline(always)]
 fn tcp<A: Answer>(ctx: &XdpContext, l3: usize, l4: usize, seg_end: usize, addrs: &A) -> u32 {
     finish(tcp_inner(ctx, l3, l4, seg_end, addrs))
 }
@@ -396,13 +408,72 @@ fn tcp_inner<A: Answer>(
     if thlen < TCP_HLEN || l4 + thlen > seg_end {
         return (XDP_DROP, Counter::DropMalformed);
     }
-    if flags & SYN == 0 || flags & ACK != 0 {
-        // ACKs, data, FINs, RSTs, stray SYN-ACKs: the kernel's business for now.
+    if flags & SYN == 0 {
+        let cfg = CONFIG.get(0);
+        // ACKs, data, FINs, RSTs: with handoff on, those of flows the kernel
+        // has no socket for must carry a valid cookie.
+        return match cfg {
+            Some(c) if c.ready != 0 && c.flags & FLAG_HANDOFF != 0 => {
+                let seg = AckSeg {
+                    l3,
+                    l4,
+                    thlen,
+                    seg_end,
+                    flags,
+                    seq: u32::from_be(seq),
+                    ack: u32::from_be(t[2]),
+                    window: w3 as u16,
+                    sport,
+                };
+                // Two calls in sequence, not nested: their frames never stack.
+                let mut o = SynOptions::default();
+                match ack_prepare(ctx, &seg, addrs, &mut o) {
+                    ACK_CONTINUE => verify_ack(ctx, &seg, addrs, &o),
+                    ACK_SOCKET => (XDP_PASS, Counter::ProtectedPassed),
+                    ACK_RST => (XDP_DROP, Counter::DropRstNoFlow),
+                    _ => (XDP_DROP, Counter::DropMalformed),
+                }
+            }
+            _ => (XDP_PASS, Counter::ProtectedPassed),
+        };
+    }
+    if flags & ACK != 0 {
+        // A SYN-ACK to the service: not ours to answer.
         return (XDP_PASS, Counter::ProtectedPassed);
     }
     if flags & (RST | FIN) != 0 {
         return (XDP_DROP, Counter::DropMalformed);
     }
+    let seg = AckSeg {
+        l3,
+        l4,
+        thlen,
+        seg_end,
+        flags,
+        seq: u32::from_be(seq),
+        ack: 0,
+        window: 0,
+        sport,
+    };
+    // Options first, then the reply: sequential calls, frames not stacked.
+    let mut o = SynOptions::default();
+    if !read_options(ctx, &seg, &mut o) {
+        return (XDP_DROP, Counter::DropMalformed);
+    }
+    syn(ctx, &seg, addrs, &o)
+}
+
+/// The segment's options: the fast layouts inline, anything else through
+/// `syn_options`.
+#[inline(never)]
+fn read_options(ctx: &XdpContext, s: &AckSeg, o: &mut SynOptions) -> bool {
+    fast_options(ctx, s.l4 + TCP_HLEN, s.thlen - TCP_HLEN, o) || syn_options(ctx, s.l4, s.thlen, o)
+}
+
+/// The SYN path: a cookie SYN-ACK in place. Its own BPF function, so its
+/// frame is not stacked under the ACK path's.
+#[inline(never)]
+fn syn<A: Answer>(ctx: &XdpContext, s: &AckSeg, addrs: &A, o: &SynOptions) -> Verdict {
     let Some(cfg) = CONFIG.get(0) else {
         return (XDP_DROP, Counter::DropNotReady);
     };
@@ -420,30 +491,147 @@ fn tcp_inner<A: Answer>(
         k0: slot.k0,
         k1: slot.k1,
     };
-
-    let mut syn_opts = SynOptions::default();
-    if !fast_options(ctx, l4 + TCP_HLEN, thlen - TCP_HLEN, &mut syn_opts)
-        && !syn_options(ctx, l4, thlen, &mut syn_opts)
-    {
-        return (XDP_DROP, Counter::DropMalformed);
-    }
-    let isn = u32::from_be(seq);
-    let ecn = flags & (ECE | CWR) == ECE | CWR;
+    let syn_opts = *o;
+    let ecn = s.flags & (ECE | CWR) == ECE | CWR;
     let reply = Reply {
         cfg,
         key,
         epoch,
-        isn,
-        sport,
+        isn: s.seq,
+        sport: s.sport,
         syn_opts,
         ecn,
     };
-    addrs.answer(&reply, ctx, l3)
+    addrs.answer(&reply, ctx, s.l3)
 }
 
 /// Per-family SYN-ACK construction.
 trait Answer {
     fn answer(&self, r: &Reply, ctx: &XdpContext, l3: usize) -> Verdict;
+    /// Whether the kernel has a socket (listening or established) for the
+    /// packet's 4-tuple.
+    fn has_socket(&self, ctx: &XdpContext, sport_be: u16) -> bool;
+    /// Cookie check for this flow.
+    fn check(&self, sport_be: u16, key: &Key, epoch: u32, cookie: u32, isn: u32, opts: u8) -> bool;
+    /// Addresses and family for a handoff event.
+    fn addrs(&self) -> ([u32; 4], [u32; 4], u8);
+    /// The family's MSS table.
+    fn mss(&self, idx: u8) -> u16;
+}
+
+/// A TCP segment to a protected service, as the SYN and ACK paths need it.
+struct AckSeg {
+    l3: usize,
+    l4: usize,
+    thlen: usize,
+    seg_end: usize,
+    flags: u8,
+    /// Host order.
+    seq: u32,
+    ack: u32,
+    window: u16,
+    /// Network order.
+    sport: u16,
+}
+
+/// The ACK path for a flow with no kernel socket, first half: socket lookup,
+/// RST, options. Then `verify_ack`: a valid cookie becomes a `Handoff`
+/// event and the segment is consumed (the kernel would answer it with a
+/// RST); anything else is dropped silently, never answered.
+#[inline(never)]
+fn ack_prepare<A: Answer>(ctx: &XdpContext, s: &AckSeg, addrs: &A, o: &mut SynOptions) -> u32 {
+    if addrs.has_socket(ctx, s.sport) {
+        return ACK_SOCKET;
+    }
+    if s.flags & RST != 0 {
+        return ACK_RST;
+    }
+    if !read_options(ctx, s, o) {
+        return ACK_MALFORMED;
+    }
+    ACK_CONTINUE
+}
+
+const ACK_CONTINUE: u32 = 0;
+const ACK_SOCKET: u32 = 1;
+const ACK_RST: u32 = 2;
+const ACK_MALFORMED: u32 = 3;
+
+/// Cookie check and handoff event, in a frame of its own.
+#[inline(never)]
+fn verify_ack<A: Answer>(ctx: &XdpContext, s: &AckSeg, addrs: &A, o: &SynOptions) -> Verdict {
+    let opts = if o.has_ts {
+        (o.tsecr & cookie::TS_OPT_MASK) as u8
+    } else {
+        cookie::OPTS_NO_TIMESTAMPS
+    };
+    let c = s.ack.wrapping_sub(1);
+    let bits = cookie::epoch_bits(c);
+    // Slot `e % 4` holds epoch `e`'s key; only e-1, e, e+1 are valid.
+    let Some(slot) = KEYS.get(bits as u32) else {
+        return (XDP_DROP, Counter::AckRejected);
+    };
+    if slot.valid == 0 || (slot.epoch % KEY_SLOTS) as u8 != bits {
+        return (XDP_DROP, Counter::AckRejected);
+    }
+    let key = Key {
+        k0: slot.k0,
+        k1: slot.k1,
+    };
+    let epoch = slot.epoch;
+    let payload = s.seg_end - s.l4 - s.thlen;
+    let mut isn = s.seq.wrapping_sub(1);
+    let mut hf = 0u8;
+    if !addrs.check(s.sport, &key, epoch, c, isn, opts) {
+        // With the SYN-ACK's zero window, a client whose first ACK was lost
+        // sends zero-window probes, which carry seq = ISN.
+        if payload != 0 || !addrs.check(s.sport, &key, epoch, c, s.seq, opts) {
+            return (XDP_DROP, Counter::AckRejected);
+        }
+        isn = s.seq;
+        hf |= HF_PROBE;
+    }
+    let Some(mut e) = HANDOFF.reserve::<Handoff>(0) else {
+        return (XDP_DROP, Counter::DropRingFull);
+    };
+    let r = cookie::restore_bits(opts);
+    if r.sack {
+        hf |= HF_SACK;
+    }
+    if r.ecn {
+        hf |= HF_ECN;
+    }
+    if r.timestamps {
+        hf |= HF_TIMESTAMPS;
+    }
+    if s.flags & FIN != 0 {
+        hf |= HF_FIN;
+    }
+    let (saddr, daddr, family) = addrs.addrs();
+    let dport_be = match load::<u16>(ctx, s.l4 + 2) {
+        Some(d) => d,
+        None => 0,
+    };
+    e.write(Handoff {
+        saddr,
+        daddr,
+        sport_be: s.sport,
+        dport_be,
+        family,
+        wscale: r.wscale,
+        flags: hf,
+        _pad: 0,
+        client_isn: isn,
+        cookie: c,
+        mss: addrs.mss(cookie::mss_bits(c)),
+        window: s.window,
+        tsval: o.tsval,
+        tsecr: o.tsecr,
+        payload_len: payload as u16,
+        _pad2: 0,
+    });
+    e.submit(0);
+    (XDP_DROP, Counter::AckVerified)
 }
 
 /// IPv4 flow plus the raw network-order addresses to write back swapped.
@@ -456,7 +644,65 @@ impl Answer for V4 {
         flow.sport = u16::from_be(r.sport);
         r.v4(ctx, l3, &flow, self.1, self.2)
     }
+
+    #[inline(always)]
+    fn has_socket(&self, ctx: &XdpContext, sport_be: u16) -> bool {
+        let mut t = bpf_sock_tuple {
+            __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+                ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                    saddr: self.1,
+                    daddr: self.2,
+                    sport: sport_be,
+                    dport: self.0.dport.to_be(),
+                },
+            },
+        };
+        lookup(
+            ctx,
+            &mut t,
+            size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>(),
+        )
+    }
+
+    #[inline(always)]
+    fn check(&self, sport_be: u16, key: &Key, epoch: u32, cookie: u32, isn: u32, opts: u8) -> bool {
+        let mut flow = self.0;
+        flow.sport = u16::from_be(sport_be);
+        cookie::check(&flow, key, epoch, cookie, isn, opts)
+    }
+
+    #[inline(always)]
+    fn addrs(&self) -> ([u32; 4], [u32; 4], u8) {
+        ([self.1, 0, 0, 0], [self.2, 0, 0, 0], 4)
+    }
+
+    #[inline(always)]
+    fn mss(&self, idx: u8) -> u16 {
+        cookie::MSS_V4[(idx & 7) as usize]
+    }
 }
+
+/// Whether the namespace has a TCP socket for this exact flow (established,
+/// time-wait or request). A listener on the port does not count: it would
+/// answer the ACK with its own cookie check, not ours.
+#[inline(always)]
+fn lookup(ctx: &XdpContext, t: &mut bpf_sock_tuple, size: usize) -> bool {
+    // SAFETY: `t` is a valid tuple of `size` bytes; the returned socket is
+    // read and released before this function returns, as the verifier
+    // requires.
+    unsafe {
+        let sk = bpf_skc_lookup_tcp(ctx.as_ptr(), t, size as u32, BPF_F_CURRENT_NETNS as u64, 0);
+        if sk.is_null() {
+            return false;
+        }
+        let listening = (*sk).state == TCP_LISTEN;
+        bpf_sk_release(sk.cast());
+        !listening
+    }
+}
+
+/// `BPF_TCP_LISTEN` in `bpf_sock::state`.
+const TCP_LISTEN: u32 = 10;
 
 struct V6(FlowV6);
 
@@ -466,6 +712,51 @@ impl Answer for V6 {
         let mut flow = self.0;
         flow.sport = u16::from_be(r.sport);
         r.v6(ctx, l3, &flow)
+    }
+
+    #[inline(always)]
+    fn has_socket(&self, ctx: &XdpContext, sport_be: u16) -> bool {
+        let (saddr, daddr, _) = self.addrs();
+        let mut t = bpf_sock_tuple {
+            __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+                ipv6: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+                    saddr,
+                    daddr,
+                    sport: sport_be,
+                    dport: self.0.dport.to_be(),
+                },
+            },
+        };
+        lookup(
+            ctx,
+            &mut t,
+            size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>(),
+        )
+    }
+
+    #[inline(always)]
+    fn check(&self, sport_be: u16, key: &Key, epoch: u32, cookie: u32, isn: u32, opts: u8) -> bool {
+        let mut flow = self.0;
+        flow.sport = u16::from_be(sport_be);
+        cookie::check(&flow, key, epoch, cookie, isn, opts)
+    }
+
+    #[inline(always)]
+    fn addrs(&self) -> ([u32; 4], [u32; 4], u8) {
+        let w = |h: &[u64; 2]| {
+            [
+                ((h[0] >> 32) as u32).to_be(),
+                (h[0] as u32).to_be(),
+                ((h[1] >> 32) as u32).to_be(),
+                (h[1] as u32).to_be(),
+            ]
+        };
+        (w(&self.0.saddr), w(&self.0.daddr), 6)
+    }
+
+    #[inline(always)]
+    fn mss(&self, idx: u8) -> u16 {
+        cookie::MSS_V6[(idx & 7) as usize]
     }
 }
 

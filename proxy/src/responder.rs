@@ -4,12 +4,13 @@
 use std::{fmt, net::SocketAddr};
 
 use ackgate_common::wire::{
-    Addresses, BenchFrame, Config, Counter, KeySlot, BENCH_FRAME_MAX, COUNTERS, KEY_SLOTS,
-    MAP_ADDRS, MAP_BENCH_FRAME, MAP_BENCH_TARGET, MAP_CONFIG, MAP_COUNTERS, MAP_KEYS, MAP_PORTS,
-    PROG_BENCH, PROG_DROP, PROG_PASS, PROG_RESPONDER, V6_PORT_BIT,
+    Addresses, BenchFrame, Config, Counter, Handoff, KeySlot, BENCH_FRAME_MAX, COUNTERS,
+    FLAG_HANDOFF, KEY_SLOTS, MAP_ADDRS, MAP_BENCH_FRAME, MAP_BENCH_TARGET, MAP_CONFIG,
+    MAP_COUNTERS, MAP_HANDOFF, MAP_KEYS, MAP_PORTS, PROG_BENCH, PROG_DROP, PROG_PASS,
+    PROG_RESPONDER, V6_PORT_BIT,
 };
 use aya::{
-    maps::{Array, MapError, PerCpuArray, ProgramArray},
+    maps::{Array, MapError, PerCpuArray, ProgramArray, RingBuf},
     programs::{ProgramError, TestRun, TestRunOptions, TestRunResult, Xdp, XdpMode},
     Ebpf, EbpfError,
 };
@@ -283,6 +284,7 @@ impl Responder {
                 ready: 1,
                 window: settings.window,
                 clock_ms: monotonic_ms(),
+                flags: self.config.flags,
             };
             let c = self.config;
             let mut cfg: Array<_, Config> =
@@ -294,6 +296,37 @@ impl Responder {
         keys.set(epoch.wrapping_add(2) % KEY_SLOTS, KeySlot::default(), 0)
             .map_err(map_err(MAP_KEYS))?;
         Ok(())
+    }
+
+    /// Turns the ACK path on or off: on, ACKs for flows the kernel has no
+    /// socket for must carry a valid cookie, and valid ones become `Handoff`
+    /// events (see [`Responder::drain_handoffs`]) instead of reaching the
+    /// kernel.
+    pub fn set_handoff(&mut self, on: bool) -> Result<()> {
+        if on {
+            self.config.flags |= FLAG_HANDOFF;
+        } else {
+            self.config.flags &= !FLAG_HANDOFF;
+        }
+        let c = self.config;
+        let mut cfg: Array<_, Config> =
+            Array::try_from(self.map_mut(MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
+        cfg.set(0, c, 0).map_err(map_err(MAP_CONFIG))
+    }
+
+    /// Takes every handoff event waiting in the ring buffer.
+    pub fn drain_handoffs(&mut self) -> Result<Vec<Handoff>> {
+        let mut ring: RingBuf<_> =
+            RingBuf::try_from(self.map_mut(MAP_HANDOFF)?).map_err(map_err(MAP_HANDOFF))?;
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            if item.len() >= std::mem::size_of::<Handoff>() {
+                // SAFETY: the program writes whole `Handoff` records (plain
+                // integers, valid for any bits); read unaligned to be safe.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Handoff>()) });
+            }
+        }
+        Ok(out)
     }
 
     /// Refreshes the millisecond clock the SYN-ACK TSvals carry; call it
