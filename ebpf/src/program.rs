@@ -408,23 +408,22 @@ fn tcp_inner<A: Answer>(
     if thlen < TCP_HLEN || l4 + thlen > seg_end {
         return (XDP_DROP, Counter::DropMalformed);
     }
+    let seg = Seg {
+        l3,
+        l4,
+        thlen,
+        seg_end,
+        flags,
+        seq: u32::from_be(seq),
+        ack: u32::from_be(t[2]),
+        window: w3 as u16,
+        sport,
+    };
     if flags & SYN == 0 {
-        let cfg = CONFIG.get(0);
         // ACKs, data, FINs, RSTs: with handoff on, those of flows the kernel
         // has no socket for must carry a valid cookie.
-        return match cfg {
+        return match CONFIG.get(0) {
             Some(c) if c.ready != 0 && c.flags & FLAG_HANDOFF != 0 => {
-                let seg = AckSeg {
-                    l3,
-                    l4,
-                    thlen,
-                    seg_end,
-                    flags,
-                    seq: u32::from_be(seq),
-                    ack: u32::from_be(t[2]),
-                    window: w3 as u16,
-                    sport,
-                };
                 // Two calls in sequence, not nested: their frames never stack.
                 let mut o = SynOptions::default();
                 match ack_prepare(ctx, &seg, addrs, &mut o) {
@@ -444,17 +443,6 @@ fn tcp_inner<A: Answer>(
     if flags & (RST | FIN) != 0 {
         return (XDP_DROP, Counter::DropMalformed);
     }
-    let seg = AckSeg {
-        l3,
-        l4,
-        thlen,
-        seg_end,
-        flags,
-        seq: u32::from_be(seq),
-        ack: 0,
-        window: 0,
-        sport,
-    };
     // Options first, then the reply: sequential calls, frames not stacked.
     let mut o = SynOptions::default();
     if !read_options(ctx, &seg, &mut o) {
@@ -466,14 +454,14 @@ fn tcp_inner<A: Answer>(
 /// The segment's options: the fast layouts inline, anything else through
 /// `syn_options`.
 #[inline(never)]
-fn read_options(ctx: &XdpContext, s: &AckSeg, o: &mut SynOptions) -> bool {
+fn read_options(ctx: &XdpContext, s: &Seg, o: &mut SynOptions) -> bool {
     fast_options(ctx, s.l4 + TCP_HLEN, s.thlen - TCP_HLEN, o) || syn_options(ctx, s.l4, s.thlen, o)
 }
 
 /// The SYN path: a cookie SYN-ACK in place. Its own BPF function, so its
 /// frame is not stacked under the ACK path's.
 #[inline(never)]
-fn syn<A: Answer>(ctx: &XdpContext, s: &AckSeg, addrs: &A, o: &SynOptions) -> Verdict {
+fn syn<A: Answer>(ctx: &XdpContext, s: &Seg, addrs: &A, o: &SynOptions) -> Verdict {
     let Some(cfg) = CONFIG.get(0) else {
         return (XDP_DROP, Counter::DropNotReady);
     };
@@ -520,7 +508,7 @@ trait Answer {
 }
 
 /// A TCP segment to a protected service, as the SYN and ACK paths need it.
-struct AckSeg {
+struct Seg {
     l3: usize,
     l4: usize,
     thlen: usize,
@@ -539,7 +527,7 @@ struct AckSeg {
 /// event and the segment is consumed (the kernel would answer it with a
 /// RST); anything else is dropped silently, never answered.
 #[inline(never)]
-fn ack_prepare<A: Answer>(ctx: &XdpContext, s: &AckSeg, addrs: &A, o: &mut SynOptions) -> u32 {
+fn ack_prepare<A: Answer>(ctx: &XdpContext, s: &Seg, addrs: &A, o: &mut SynOptions) -> u32 {
     if addrs.has_socket(ctx, s.sport) {
         return ACK_SOCKET;
     }
@@ -559,7 +547,7 @@ const ACK_MALFORMED: u32 = 3;
 
 /// Cookie check and handoff event, in a frame of its own.
 #[inline(never)]
-fn verify_ack<A: Answer>(ctx: &XdpContext, s: &AckSeg, addrs: &A, o: &SynOptions) -> Verdict {
+fn verify_ack<A: Answer>(ctx: &XdpContext, s: &Seg, addrs: &A, o: &SynOptions) -> Verdict {
     let opts = if o.has_ts {
         (o.tsecr & cookie::TS_OPT_MASK) as u8
     } else {
