@@ -254,20 +254,15 @@ pub fn materialize(flow: &Flow, our_wscale: u8, opener: &WindowOpener) -> Result
     }
     // SAFETY: fresh descriptor nobody else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // Repair mode also lets many flows bind the same service address and
+    // port: the kernel forces address reuse for a repairing socket (setting
+    // SO_REUSEADDR afterwards would undo that).
     setopt(
         &fd,
         libc::IPPROTO_TCP,
         libc::TCP_REPAIR,
         &1i32,
         "TCP_REPAIR on",
-    )?;
-    // Many flows share the service address and port; none listens.
-    setopt(
-        &fd,
-        libc::SOL_SOCKET,
-        libc::SO_REUSEADDR,
-        &1i32,
-        "SO_REUSEADDR",
     )?;
     let (ss, len) = sockaddr(&flow.service);
     // SAFETY: valid address of the length passed.

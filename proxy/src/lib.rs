@@ -4,9 +4,13 @@
 //! * [`secret`]: the fleet's master secret and epoch key rotation.
 //! * [`lab`]: network-namespace labs for the demo and the tests.
 
+pub mod backends;
 pub mod demo;
 pub mod handoff;
 pub mod lab;
 pub mod packet;
+pub mod proxyproto;
+pub mod relay;
 pub mod responder;
 pub mod secret;
+pub mod serve;

@@ -64,6 +64,41 @@ struct RunArgs {
     /// Print counters every N seconds (0: only at exit).
     #[arg(long, default_value_t = 10)]
     stats_interval: u64,
+    /// Backend ADDR:PORT to proxy verified connections to; repeat for
+    /// round-robin. With backends, ackgate verifies ACKs in XDP and owns the
+    /// connections; without, it only answers SYNs.
+    #[arg(long = "backend", value_name = "ADDR:PORT", value_parser = parse_backend)]
+    backends: Vec<SocketAddr>,
+    /// PROXY protocol header sent to backends, so they see the client.
+    #[arg(long, value_enum, default_value = "off")]
+    proxy_protocol: ackgate::proxyproto::Mode,
+    /// Most concurrent proxied connections; beyond it clients get a RST.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: u64,
+    /// Backend connect timeout, milliseconds.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    connect_timeout_ms: u64,
+    /// How long a refusing backend is skipped, seconds.
+    #[arg(long, default_value_t = 5)]
+    backend_backoff_secs: u64,
+    /// Close a relay after this many seconds without traffic either way.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_secs: u64,
+    /// On SIGTERM/SIGINT, how long running relays may finish.
+    #[arg(long, default_value_t = 10)]
+    grace_secs: u64,
+}
+
+fn parse_backend(s: &str) -> Result<SocketAddr, String> {
+    let a: SocketAddr = s.parse().map_err(|_| {
+        format!("'{s}' is not ADDR:PORT (IPv6 addresses go in brackets: [::1]:8080)")
+    })?;
+    if a.port() == 0 || a.ip().is_unspecified() {
+        return Err(format!(
+            "'{s}': give the backend's address and a port 1-65535"
+        ));
+    }
+    Ok(a)
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
@@ -119,6 +154,9 @@ fn run(a: RunArgs) -> Result<()> {
         XdpModeArg::Skb => AttachMode::Skb,
     };
 
+    if !a.backends.is_empty() {
+        return run_proxy(a, secret, settings, mode);
+    }
     // Block the stop signals before any thread exists; we take them
     // synchronously in the loop below.
     let mut stop = nix::sys::signal::SigSet::empty();
@@ -163,6 +201,43 @@ fn run(a: RunArgs) -> Result<()> {
     println!("counters: {}", r.counters()?);
     drop(r);
     Ok(())
+}
+
+/// With backends: the proxy on a tokio runtime.
+fn run_proxy(a: RunArgs, secret: Secret, settings: Settings, mode: AttachMode) -> Result<()> {
+    let mut r = Responder::load()?;
+    for l in &a.listen {
+        r.add_service(*l)?;
+    }
+    r.install_keys(&secret, current_epoch(a.epoch_secs), &settings)?;
+    // ACKs are ours from the first packet: events wait in the ring until the
+    // consumer starts, rather than reaching the kernel and being reset.
+    r.set_handoff(true)?;
+    r.attach(&a.iface, mode)?;
+    let cfg = ackgate::serve::ProxyConfig {
+        backends: a.backends.clone(),
+        proxy_protocol: a.proxy_protocol,
+        connect_timeout: Duration::from_millis(a.connect_timeout_ms),
+        backend_backoff: Duration::from_secs(a.backend_backoff_secs),
+        idle_timeout: Duration::from_secs(a.idle_timeout_secs),
+        max_connections: a.max_connections as usize,
+        grace: Duration::from_secs(a.grace_secs),
+        stats_interval: (a.stats_interval > 0).then(|| Duration::from_secs(a.stats_interval)),
+        epoch_secs: a.epoch_secs,
+    };
+    let services: Vec<String> = a.listen.iter().map(|l| l.to_string()).collect();
+    let backends: Vec<String> = a.backends.iter().map(|b| b.to_string()).collect();
+    println!(
+        "ackgate: attached to {} ({mode} XDP); proxying {} to {}; proxy protocol {:?}",
+        a.iface,
+        services.join(", "),
+        backends.join(", "),
+        a.proxy_protocol
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(ackgate::serve::serve(r, secret, settings, cfg))
 }
 
 /// Waits up to `timeout` for one of `set`'s (blocked) signals.

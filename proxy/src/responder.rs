@@ -314,6 +314,18 @@ impl Responder {
         cfg.set(0, c, 0).map_err(map_err(MAP_CONFIG))
     }
 
+    /// Takes the handoff ring buffer out (for an async consumer that polls
+    /// its fd); [`Responder::drain_handoffs`] cannot be used afterwards.
+    pub fn take_handoff_ring(&mut self) -> Result<RingBuf<aya::maps::MapData>> {
+        let m = self.ebpf.take_map(MAP_HANDOFF).ok_or(ResponderError::Map {
+            name: MAP_HANDOFF,
+            source: MapError::InvalidName {
+                name: MAP_HANDOFF.into(),
+            },
+        })?;
+        RingBuf::try_from(m).map_err(map_err(MAP_HANDOFF))
+    }
+
     /// Takes every handoff event waiting in the ring buffer.
     pub fn drain_handoffs(&mut self) -> Result<Vec<Handoff>> {
         let mut ring: RingBuf<_> =

@@ -1,0 +1,241 @@
+//! The real `ackgate run --backend` in a namespace lab: kernel clients
+//! connect to the protected address, XDP verifies their ACKs, the proxy
+//! materializes the sockets and relays to a backend in the gateway.
+
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use ackgate::{lab::Lab, responder::PassProgram};
+use ackgate_tests::{ackgate_bin, counter, last_counters, require_root, Running};
+
+fn echo_server(l: TcpListener, stop: &AtomicBool) {
+    l.set_nonblocking(true).unwrap();
+    std::thread::scope(|sc| {
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    sc.spawn(move || {
+                        s.set_nonblocking(false).unwrap();
+                        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                        let mut buf = [0u8; 65536];
+                        while let Ok(n) = s.read(&mut buf) {
+                            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = s.shutdown(Shutdown::Write);
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    });
+}
+
+/// Sets the flag when dropped, also while unwinding from a failed assertion,
+/// so the backend thread ends and the scope can return the failure.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn start(lab: &Lab, backend: &str, extra: &[&str]) -> Running {
+    let mut cmd = lab.gw.command(ackgate_bin().to_str().unwrap());
+    cmd.args([
+        "run",
+        "--iface",
+        lab.gw_if,
+        "--stats-interval",
+        "0",
+        "--connect-timeout-ms",
+        "500",
+    ])
+    .args(["--listen", &format!("{}:8080", lab.vip4)])
+    .args(["--listen", &format!("[{}]:8080", lab.vip6)])
+    .args(["--backend", backend])
+    .args(extra);
+    Running::start(cmd, "attached to", std::time::Duration::from_secs(30)).expect("ackgate starts")
+}
+
+fn exchange(target: SocketAddr, msg: &[u8]) -> (Vec<u8>, Duration) {
+    let t0 = Instant::now();
+    let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(msg).unwrap();
+    let mut first = [0u8; 1];
+    s.read_exact(&mut first).unwrap();
+    let ttfb = t0.elapsed();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut got = first.to_vec();
+    s.read_to_end(&mut got).unwrap();
+    (got, ttfb)
+}
+
+#[test]
+fn proxies_sequential_and_concurrent_connections_v4_v6() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let _pass = lab
+        .client
+        .run(|| PassProgram::attach("cli0"))
+        .unwrap()
+        .unwrap();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let l = lab
+            .gw
+            .run(|| TcpListener::bind("127.0.0.1:9000"))
+            .unwrap()
+            .unwrap();
+        sc.spawn(|| echo_server(l, &stop));
+        let _stop = StopOnDrop(&stop);
+        let run = start(&lab, "127.0.0.1:9000", &[]);
+        let targets = [
+            SocketAddr::from((lab.vip4, 8080)),
+            SocketAddr::from((lab.vip6, 8080)),
+        ];
+        let ttfbs = lab
+            .client
+            .run(|| {
+                let mut t = Vec::new();
+                for i in 0..200 {
+                    let msg = format!("request {i}\r\n").repeat(1 + i % 50);
+                    let (got, ttfb) = exchange(targets[i % 2], msg.as_bytes());
+                    assert_eq!(got, msg.as_bytes(), "connection {i}");
+                    t.push(ttfb);
+                }
+                // 50 at once.
+                std::thread::scope(|cs| {
+                    for i in 0..50 {
+                        let target = targets[i % 2];
+                        cs.spawn(move || {
+                            let msg = vec![b'a' + (i % 26) as u8; 100_000];
+                            let (got, _) = exchange(target, &msg);
+                            assert!(
+                                got == msg,
+                                "concurrent connection {i}: {} bytes back",
+                                got.len()
+                            );
+                        });
+                    }
+                });
+                t
+            })
+            .unwrap();
+        let (status, out) = run.stop(Duration::from_secs(15)).unwrap();
+        assert!(status.success(), "{out:?}");
+        let c = last_counters(&out).expect("counters");
+        assert_eq!(counter(&c, "ack_verified"), 250, "{out:?}");
+        assert_eq!(counter(&c, "handoffs"), 250, "{out:?}");
+        assert_eq!(counter(&c, "closed"), 250);
+        assert_eq!(counter(&c, "ack_rejected"), 0);
+        let mut sorted = ttfbs.clone();
+        sorted.sort();
+        let p99 = sorted[sorted.len() * 99 / 100];
+        eprintln!(
+            "connect-to-first-byte through ackgate: median {:?}, p99 {p99:?}",
+            sorted[sorted.len() / 2]
+        );
+        assert!(
+            p99 < Duration::from_millis(150),
+            "no RTO-sized stalls: p99 {p99:?}"
+        );
+    });
+}
+
+#[test]
+fn backend_down_gives_a_prompt_reset() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let _pass = lab
+        .client
+        .run(|| PassProgram::attach("cli0"))
+        .unwrap()
+        .unwrap();
+    // Nothing listens on port 9 in the gateway.
+    let run = start(&lab, "127.0.0.1:9", &[]);
+    let target = SocketAddr::from((lab.vip4, 8080));
+    let err = lab
+        .client
+        .run(move || {
+            let t0 = Instant::now();
+            let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+            let mut buf = [0u8; 16];
+            let r = s.read(&mut buf);
+            (r.map_err(|e| e.kind()), t0.elapsed())
+        })
+        .unwrap();
+    assert_eq!(
+        err.0,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "a RST, not a hang or a clean close"
+    );
+    assert!(
+        err.1 < Duration::from_secs(2),
+        "within the connect timeout: {:?}",
+        err.1
+    );
+    let (_, out) = run.stop(Duration::from_secs(15)).unwrap();
+    let c = last_counters(&out).unwrap();
+    assert_eq!(counter(&c, "resets_no_backend"), 1, "{out:?}");
+}
+
+#[test]
+fn connection_limit_resets_the_excess() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let _pass = lab
+        .client
+        .run(|| PassProgram::attach("cli0"))
+        .unwrap()
+        .unwrap();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let l = lab
+            .gw
+            .run(|| TcpListener::bind("127.0.0.1:9000"))
+            .unwrap()
+            .unwrap();
+        sc.spawn(|| echo_server(l, &stop));
+        let _stop = StopOnDrop(&stop);
+        let run = start(&lab, "127.0.0.1:9000", &["--max-connections", "2"]);
+        let target = SocketAddr::from((lab.vip4, 8080));
+        lab.client
+            .run(|| {
+                // Two held open, the third is refused with a RST.
+                let held: Vec<TcpStream> = (0..2)
+                    .map(|_| {
+                        let mut s =
+                            TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
+                        s.write_all(b"x").unwrap();
+                        let mut b = [0u8; 1];
+                        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                        s.read_exact(&mut b).unwrap();
+                        s
+                    })
+                    .collect();
+                let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let _ = s.write_all(b"y");
+                let mut b = [0u8; 1];
+                assert_eq!(
+                    s.read(&mut b).map_err(|e| e.kind()),
+                    Err(std::io::ErrorKind::ConnectionReset)
+                );
+                drop(held);
+            })
+            .unwrap();
+        let (_, out) = run.stop(Duration::from_secs(15)).unwrap();
+        let c = last_counters(&out).unwrap();
+        assert_eq!(counter(&c, "resets_limit"), 1, "{out:?}");
+    });
+}
