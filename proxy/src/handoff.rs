@@ -46,17 +46,17 @@ pub struct Flow {
 pub enum HandoffError {
     #[error("malformed handoff event (family {0})")]
     Event(u8),
-    #[error("{step}: {source}")]
+    #[error("{step}: {err}")]
     Sys {
         step: &'static str,
-        source: std::io::Error,
+        err: std::io::Error,
     },
 }
 
 type Result<T> = std::result::Result<T, HandoffError>;
 
 fn sys(step: &'static str) -> impl FnOnce(std::io::Error) -> HandoffError {
-    move |source| HandoffError::Sys { step, source }
+    move |source| HandoffError::Sys { step, err: source }
 }
 
 impl Flow {

@@ -5,6 +5,7 @@
 //! * [`lab`]: network-namespace labs for the demo and the tests.
 
 pub mod backends;
+pub mod config;
 pub mod demo;
 pub mod handoff;
 pub mod lab;

@@ -77,31 +77,28 @@ impl Settings {
 #[derive(Debug, Error)]
 pub enum ResponderError {
     #[error("cannot parse the embedded XDP object: {0}")]
-    Object(#[source] EbpfError),
+    Object(EbpfError),
     #[error(
         "XDP program rejected by the verifier: {error}\n--- verifier log (last lines) ---\n{log}"
     )]
     Verifier { error: std::io::Error, log: String },
     #[error("loading the XDP program failed: {0}")]
-    Load(#[source] ProgramError),
+    Load(ProgramError),
     #[error("no such interface: {0}")]
     NoInterface(String),
-    #[error("attaching XDP to {iface} in {mode} mode failed: {source}{hint}")]
+    #[error("attaching XDP to {iface} in {mode} mode failed: {err}{hint}")]
     Attach {
         iface: String,
         mode: AttachMode,
-        source: Box<ProgramError>,
+        err: Box<ProgramError>,
         hint: &'static str,
     },
     #[error("at most {max} protected {family} addresses")]
     TooManyAddresses { family: &'static str, max: usize },
-    #[error("BPF map {name}: {source}")]
-    Map {
-        name: &'static str,
-        source: MapError,
-    },
+    #[error("BPF map {name}: {err}")]
+    Map { name: &'static str, err: MapError },
     #[error("BPF_PROG_TEST_RUN failed: {0}")]
-    TestRun(#[source] ProgramError),
+    TestRun(ProgramError),
 }
 
 type Result<T> = std::result::Result<T, ResponderError>;
@@ -161,7 +158,7 @@ pub fn monotonic_ms() -> u32 {
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> ResponderError {
-    move |source| ResponderError::Map { name, source }
+    move |source| ResponderError::Map { name, err: source }
 }
 
 fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
@@ -210,14 +207,14 @@ impl Responder {
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
         self.ebpf.map_mut(name).ok_or(ResponderError::Map {
             name,
-            source: MapError::InvalidName { name: name.into() },
+            err: MapError::InvalidName { name: name.into() },
         })
     }
 
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map> {
         self.ebpf.map(name).ok_or(ResponderError::Map {
             name,
-            source: MapError::InvalidName { name: name.into() },
+            err: MapError::InvalidName { name: name.into() },
         })
     }
 
@@ -319,7 +316,7 @@ impl Responder {
     pub fn take_handoff_ring(&mut self) -> Result<RingBuf<aya::maps::MapData>> {
         let m = self.ebpf.take_map(MAP_HANDOFF).ok_or(ResponderError::Map {
             name: MAP_HANDOFF,
-            source: MapError::InvalidName {
+            err: MapError::InvalidName {
                 name: MAP_HANDOFF.into(),
             },
         })?;
@@ -488,7 +485,7 @@ fn attach_named(ebpf: &mut Ebpf, prog: &str, iface: &str, mode: AttachMode) -> R
         .map_err(|source| ResponderError::Attach {
             iface: iface.to_string(),
             mode,
-            source: Box::new(source),
+            err: Box::new(source),
             hint: match mode {
                 AttachMode::Native => " (the driver may lack native XDP: try --xdp-mode skb)",
                 AttachMode::Skb => "",

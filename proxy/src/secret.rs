@@ -21,11 +21,8 @@ impl std::fmt::Debug for Secret {
 
 #[derive(Debug, Error)]
 pub enum SecretError {
-    #[error("cannot read secret file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read secret file {path}: {err}")]
+    Read { path: String, err: std::io::Error },
     #[error("secret file {path} must hold exactly 32 hex digits (128 bits), optionally followed by a newline; {why}")]
     Malformed { path: String, why: String },
     #[error("secret file {path} is readable by group or others (mode {mode:o}); chmod 600 it")]
@@ -58,7 +55,7 @@ impl Secret {
         let p = path.display().to_string();
         let meta = std::fs::metadata(path).map_err(|source| SecretError::Read {
             path: p.clone(),
-            source,
+            err: source,
         })?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
@@ -66,7 +63,7 @@ impl Secret {
         }
         let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
             path: p.clone(),
-            source,
+            err: source,
         })?;
         Self::parse_hex(&text).map_err(|why| SecretError::Malformed { path: p, why })
     }

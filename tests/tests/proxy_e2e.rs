@@ -159,8 +159,21 @@ fn backend_down_gives_a_prompt_reset() {
         .run(|| PassProgram::attach("cli0"))
         .unwrap()
         .unwrap();
-    // Nothing listens on port 9 in the gateway.
-    let run = start(&lab, "127.0.0.1:9", &[]);
+    // Nothing listens on port 9 in the gateway. Settings from a TOML file.
+    let cfg = std::env::temp_dir().join(format!("ackgate-test-{}.toml", std::process::id()));
+    std::fs::write(
+        &cfg,
+        format!(
+            "iface = \"{}\"\nlisten = [\"{}:8080\"]\nbackends = [\"127.0.0.1:9\"]\nstats_interval_secs = 0\n[limits]\nconnect_timeout_ms = 500\n",
+            lab.gw_if, lab.vip4
+        ),
+    )
+    .unwrap();
+    let mut cmd = lab.gw.command(ackgate_bin().to_str().unwrap());
+    cmd.arg("run").arg("--config").arg(&cfg);
+    let run = Running::start(cmd, "attached to", Duration::from_secs(30))
+        .expect("ackgate starts from a config file");
+    std::fs::remove_file(&cfg).ok();
     let target = SocketAddr::from((lab.vip4, 8080));
     let err = lab
         .client

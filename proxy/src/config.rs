@@ -1,0 +1,353 @@
+//! Configuration: command-line flags and an equivalent TOML file
+//! (`--config`). Unknown keys are errors; flags given on the command line
+//! override the file; what neither sets takes the documented default.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::{proxyproto, responder::AttachMode};
+
+/// `ackgate run`'s flags.
+#[derive(clap::Args, Debug, Default)]
+pub struct RunArgs {
+    /// TOML file with the same settings (flags override it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Interface that receives the protected traffic.
+    #[arg(long, value_name = "IF")]
+    pub iface: Option<String>,
+    /// Protected service, ADDR:PORT; IPv6 in brackets ([2001:db8::1]:443).
+    /// Repeat for several.
+    #[arg(long = "listen", value_name = "ADDR:PORT", value_parser = parse_listen)]
+    pub listen: Vec<SocketAddr>,
+    /// Backend ADDR:PORT to proxy verified connections to; repeat for
+    /// round-robin. With backends, ackgate verifies ACKs in XDP and owns the
+    /// connections; without, it only answers SYNs.
+    #[arg(long = "backend", value_name = "ADDR:PORT", value_parser = parse_backend)]
+    pub backends: Vec<SocketAddr>,
+    /// File with the 128-bit master secret as 32 hex digits (mode 600).
+    /// Instances sharing it accept each other's cookies. Random if omitted.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// XDP attach mode [default: native]. There is no silent fallback.
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpModeArg>,
+    /// PROXY protocol header sent to backends [default: off].
+    #[arg(long, value_enum)]
+    pub proxy_protocol: Option<proxyproto::Mode>,
+    /// Cookie epoch length in seconds; cookies live 1-2 epochs [default: 60].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub epoch_secs: Option<u32>,
+    /// MSS clamp for IPv4 SYN-ACKs (IPv6 gets 20 less) [default: MTU - 40].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(536..=65_495))]
+    pub mss: Option<u16>,
+    /// Print counters every N seconds, 0 for only at exit [default: 10].
+    #[arg(long)]
+    pub stats_interval: Option<u64>,
+    /// Most concurrent proxied connections; beyond, clients get a RST
+    /// [default: 10000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: Option<u64>,
+    /// Backend connect timeout in milliseconds [default: 3000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub connect_timeout_ms: Option<u64>,
+    /// How long a refusing backend is skipped, seconds [default: 5].
+    #[arg(long)]
+    pub backend_backoff_secs: Option<u64>,
+    /// Close a relay idle this many seconds [default: 300].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_secs: Option<u64>,
+    /// On SIGTERM/SIGINT, how long running relays may finish [default: 10].
+    #[arg(long)]
+    pub grace_secs: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeArg {
+    /// Driver (native) XDP: fastest; the interface must support it.
+    Native,
+    /// Generic XDP in the network stack: works on any interface, slower.
+    Skb,
+}
+
+/// The TOML file. Every key is optional; unknown keys are rejected.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub iface: Option<String>,
+    pub listen: Option<Vec<String>>,
+    pub backends: Option<Vec<String>>,
+    pub secret_file: Option<PathBuf>,
+    pub xdp_mode: Option<XdpModeArg>,
+    pub proxy_protocol: Option<proxyproto::Mode>,
+    pub epoch_secs: Option<u32>,
+    pub mss: Option<u16>,
+    pub stats_interval_secs: Option<u64>,
+    /// Address for the Prometheus endpoint (reserved: validated, not served
+    /// yet).
+    pub metrics: Option<String>,
+    pub limits: Option<Limits>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_connections: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub backend_backoff_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub grace_secs: Option<u64>,
+}
+
+/// Everything `run` needs, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunConfig {
+    pub iface: String,
+    pub listen: Vec<SocketAddr>,
+    pub backends: Vec<SocketAddr>,
+    pub secret_file: Option<PathBuf>,
+    pub mode: AttachMode,
+    pub proxy_protocol: proxyproto::Mode,
+    pub epoch_secs: u32,
+    pub mss: Option<u16>,
+    pub stats_interval: Option<Duration>,
+    pub metrics: Option<SocketAddr>,
+    pub max_connections: usize,
+    pub connect_timeout: Duration,
+    pub backend_backoff: Duration,
+    pub idle_timeout: Duration,
+    pub grace: Duration,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {err}")]
+    Read { path: String, err: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let a: SocketAddr = s.parse().map_err(|_| {
+        format!("'{s}' is not ADDR:PORT (IPv6 addresses go in brackets: [::1]:443)")
+    })?;
+    if a.port() == 0 {
+        return Err(format!("'{s}': port must be 1-65535"));
+    }
+    if a.ip().is_unspecified() || a.ip().is_multicast() {
+        return Err(format!(
+            "'{s}': give a unicast address the clients connect to"
+        ));
+    }
+    Ok(a)
+}
+
+pub fn parse_backend(s: &str) -> Result<SocketAddr, String> {
+    let a: SocketAddr = s.parse().map_err(|_| {
+        format!("'{s}' is not ADDR:PORT (IPv6 addresses go in brackets: [::1]:8080)")
+    })?;
+    if a.port() == 0 || a.ip().is_unspecified() {
+        return Err(format!(
+            "'{s}': give the backend's address and a port 1-65535"
+        ));
+    }
+    Ok(a)
+}
+
+impl FileConfig {
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+            path: p.clone(),
+            err,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse { path: p, message })
+    }
+
+    /// Parses TOML; errors read "line N: what is wrong".
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e: toml::de::Error| match e.span() {
+            Some(span) => {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                format!("line {line}: {}", e.message())
+            }
+            None => e.message().to_string(),
+        })
+    }
+}
+
+fn addrs(
+    key: &str,
+    list: &[String],
+    parse: fn(&str) -> Result<SocketAddr, String>,
+) -> Result<Vec<SocketAddr>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| parse(s).map_err(|e| ConfigError::Invalid(format!("config {key}[{i}]: {e}"))))
+        .collect()
+}
+
+impl RunConfig {
+    /// Flags over file over defaults.
+    pub fn resolve(a: &RunArgs, f: &FileConfig) -> Result<Self, ConfigError> {
+        let l = f.limits.as_ref();
+        let lim =
+            |cli: Option<u64>, file: Option<u64>, default: u64| cli.or(file).unwrap_or(default);
+        let iface = a.iface.clone().or_else(|| f.iface.clone()).ok_or_else(|| {
+            ConfigError::Invalid("no interface: give --iface or `iface` in the config file".into())
+        })?;
+        let listen = if a.listen.is_empty() {
+            addrs("listen", f.listen.as_deref().unwrap_or(&[]), parse_listen)?
+        } else {
+            a.listen.clone()
+        };
+        if listen.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no protected service: give --listen ADDR:PORT or `listen = [...]` in the config file".into(),
+            ));
+        }
+        let backends = if a.backends.is_empty() {
+            addrs(
+                "backends",
+                f.backends.as_deref().unwrap_or(&[]),
+                parse_backend,
+            )?
+        } else {
+            a.backends.clone()
+        };
+        let metrics = match &f.metrics {
+            Some(m) => Some(m.parse().map_err(|_| {
+                ConfigError::Invalid(format!("config metrics: '{m}' is not ADDR:PORT"))
+            })?),
+            None => None,
+        };
+        let epoch_secs = a.epoch_secs.or(f.epoch_secs).unwrap_or(60);
+        if !(1..=86_400).contains(&epoch_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "epoch_secs {epoch_secs}: must be 1-86400"
+            )));
+        }
+        let mss = a.mss.or(f.mss);
+        if let Some(m) = mss {
+            if !(536..=65_495).contains(&m) {
+                return Err(ConfigError::Invalid(format!("mss {m}: must be 536-65495")));
+            }
+        }
+        let max_connections = lim(a.max_connections, l.and_then(|l| l.max_connections), 10_000);
+        if !(1..=1_000_000).contains(&max_connections) {
+            return Err(ConfigError::Invalid(format!(
+                "max_connections {max_connections}: must be 1-1000000"
+            )));
+        }
+        let connect_ms = lim(
+            a.connect_timeout_ms,
+            l.and_then(|l| l.connect_timeout_ms),
+            3000,
+        );
+        let idle = lim(
+            a.idle_timeout_secs,
+            l.and_then(|l| l.idle_timeout_secs),
+            300,
+        );
+        if connect_ms == 0 || idle == 0 {
+            return Err(ConfigError::Invalid(
+                "connect_timeout_ms and idle_timeout_secs must be at least 1".into(),
+            ));
+        }
+        let stats = a.stats_interval.or(f.stats_interval_secs).unwrap_or(10);
+        Ok(RunConfig {
+            iface,
+            listen,
+            backends,
+            secret_file: a.secret_file.clone().or_else(|| f.secret_file.clone()),
+            mode: match a.xdp_mode.or(f.xdp_mode).unwrap_or(XdpModeArg::Native) {
+                XdpModeArg::Native => AttachMode::Native,
+                XdpModeArg::Skb => AttachMode::Skb,
+            },
+            proxy_protocol: a.proxy_protocol.or(f.proxy_protocol).unwrap_or_default(),
+            epoch_secs,
+            mss,
+            stats_interval: (stats > 0).then(|| Duration::from_secs(stats)),
+            metrics,
+            max_connections: max_connections as usize,
+            connect_timeout: Duration::from_millis(connect_ms),
+            backend_backoff: Duration::from_secs(lim(
+                a.backend_backoff_secs,
+                l.and_then(|l| l.backend_backoff_secs),
+                5,
+            )),
+            idle_timeout: Duration::from_secs(idle),
+            grace: Duration::from_secs(lim(a.grace_secs, l.and_then(|l| l.grace_secs), 10)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../examples/ackgate.toml");
+
+    #[test]
+    fn example_config_parses_and_resolves() {
+        let f = FileConfig::parse(EXAMPLE).unwrap();
+        let c = RunConfig::resolve(&RunArgs::default(), &f).unwrap();
+        assert_eq!(c.iface, "eth0");
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.backends.len(), 2);
+        assert_eq!(c.proxy_protocol, proxyproto::Mode::V2);
+        assert_eq!(c.max_connections, 20_000);
+        assert_eq!(c.connect_timeout, Duration::from_millis(2000));
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let f = FileConfig::parse(
+            "iface = \"eth0\"\nlisten = [\"192.0.2.1:80\"]\n[limits]\ngrace_secs = 3\n",
+        )
+        .unwrap();
+        let a = RunArgs {
+            iface: Some("eth1".into()),
+            max_connections: Some(7),
+            ..Default::default()
+        };
+        let c = RunConfig::resolve(&a, &f).unwrap();
+        assert_eq!((c.iface.as_str(), c.max_connections), ("eth1", 7));
+        assert_eq!(c.grace, Duration::from_secs(3));
+        assert_eq!(c.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.mode, AttachMode::Native);
+        assert_eq!(c.proxy_protocol, proxyproto::Mode::Off);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_clear_errors() {
+        let e = FileConfig::parse("iface = \"eth0\"\nlisten_addr = 1\n").unwrap_err();
+        assert!(e.contains("unknown field `listen_addr`"), "{e}");
+        let e = FileConfig::parse("[limits]\nmax_conns = 5\n").unwrap_err();
+        assert!(e.contains("unknown field `max_conns`"), "{e}");
+        let e = FileConfig::parse("xdp_mode = \"turbo\"\n").unwrap_err();
+        assert!(e.contains("turbo"), "{e}");
+        let f = FileConfig::parse("iface = \"eth0\"\nlisten = [\"192.0.2.1:80\", \"::1:80\"]\n")
+            .unwrap();
+        let e = RunConfig::resolve(&RunArgs::default(), &f)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen[1]") && e.contains("brackets"), "{e}");
+        let f = FileConfig::parse("listen = [\"192.0.2.1:80\"]\n").unwrap();
+        let e = RunConfig::resolve(&RunArgs::default(), &f)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no interface"), "{e}");
+        let f =
+            FileConfig::parse("iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nmss = 100\n").unwrap();
+        assert!(RunConfig::resolve(&RunArgs::default(), &f)
+            .unwrap_err()
+            .to_string()
+            .contains("mss 100"));
+    }
+}
