@@ -12,7 +12,7 @@ fi
 
 # Debian packages: LLVM 22 for bpf-linker, network tooling for the lab/tests.
 DEB_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev
-          iproute2 iptables python3)
+          iproute2 iptables python3 nginx-light curl)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -22,6 +22,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Tests start their own nginx inside namespaces; not the system service.
+  service nginx stop >/dev/null 2>&1 || true
 fi
 
 export PATH="$HOME/.cargo/bin:$PATH"

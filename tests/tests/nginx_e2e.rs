@@ -1,0 +1,177 @@
+//! curl through ackgate to a real nginx (Debian's), both started by the
+//! test inside the lab: static files arrive intact, and with PROXY protocol
+//! nginx logs the real client address.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use ackgate::{lab::Lab, responder::PassProgram};
+use ackgate_tests::{ackgate_bin, counter, last_counters, require_root, Running};
+
+/// nginx in the gateway namespace, killed and its directory removed on drop.
+struct Nginx {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    fn start(lab: &Lab) -> Nginx {
+        let dir = std::env::temp_dir().join(format!(
+            "ackgate-nginx-{}-{}",
+            std::process::id(),
+            lab.gw.name
+        ));
+        std::fs::create_dir_all(dir.join("www")).unwrap();
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        std::fs::write(dir.join("www/index.html"), "hello from nginx\n").unwrap();
+        // 4 MiB of deterministic pseudo-random bytes.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let big: Vec<u8> = (0..4 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(dir.join("www/big.bin"), &big).unwrap();
+        let d = dir.display();
+        let conf = format!(
+            "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;
+events {{ worker_connections 512; }}
+http {{
+  log_format pp '$proxy_protocol_addr $remote_addr \"$request\" $status';
+  access_log {d}/access.log pp;
+  client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;
+  uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
+  server {{ listen 127.0.0.1:8081; root {d}/www; }}
+  server {{ listen 127.0.0.1:8082 proxy_protocol; root {d}/www; access_log {d}/pp.log pp; }}
+}}
+"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = lab
+            .gw
+            .command("nginx")
+            .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx (Debian package nginx-light)");
+        let n = Nginx { child, dir };
+        // Ready when its port answers.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lab
+            .gw
+            .exec(&["curl", "-sf", "-o", "/dev/null", "http://127.0.0.1:8081/"])
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "nginx did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        n
+    }
+
+    fn file(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.dir.join(name)).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn curl(lab: &Lab, url: &str, out: &Path) -> String {
+    let o = lab
+        .client
+        .command("curl")
+        .args(["-sS", "--max-time", "20", "-o"])
+        .arg(out)
+        .args(["-w", "%{http_code} %{time_starttransfer}", url])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn ackgate(lab: &Lab, backend: &str, pp: &str) -> Running {
+    let mut cmd = lab.gw.command(ackgate_bin().to_str().unwrap());
+    cmd.args([
+        "run",
+        "--iface",
+        lab.gw_if,
+        "--stats-interval",
+        "0",
+        "--proxy-protocol",
+        pp,
+    ])
+    .args([
+        "--listen",
+        &format!("{}:80", lab.vip4),
+        "--listen",
+        &format!("[{}]:80", lab.vip6),
+    ])
+    .args(["--backend", backend]);
+    Running::start(cmd, "attached to", Duration::from_secs(30)).unwrap()
+}
+
+#[test]
+fn curl_through_ackgate_to_nginx_with_and_without_proxy_protocol() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let _pass = lab
+        .client
+        .run(|| PassProgram::attach("cli0"))
+        .unwrap()
+        .unwrap();
+    let nginx = Nginx::start(&lab);
+    let out = nginx.dir.join("got");
+    let v4 = format!("http://{}/", SocketAddr::from((lab.vip4, 80)));
+    let v6 = format!("http://{}/", SocketAddr::from((lab.vip6, 80)));
+
+    let run = ackgate(&lab, "127.0.0.1:8081", "off");
+    for base in [&v4, &v6] {
+        let w = curl(&lab, &format!("{base}index.html"), &out);
+        assert!(w.starts_with("200 "), "{w}");
+        assert_eq!(std::fs::read(&out).unwrap(), b"hello from nginx\n");
+        let w = curl(&lab, &format!("{base}big.bin"), &out);
+        assert!(w.starts_with("200 "), "{w}");
+        assert!(
+            std::fs::read(&out).unwrap() == nginx.file("www/big.bin"),
+            "4 MiB file intact over {base}"
+        );
+    }
+    let (_, lines) = run.stop(Duration::from_secs(15)).unwrap();
+    let c = last_counters(&lines).unwrap();
+    assert_eq!(counter(&c, "handoffs"), 4, "{lines:?}");
+
+    let run = ackgate(&lab, "127.0.0.1:8082", "v1");
+    let w = curl(&lab, &format!("{v4}index.html"), &out);
+    assert!(w.starts_with("200 "), "{w}");
+    let w = curl(&lab, &format!("{v6}index.html"), &out);
+    assert!(w.starts_with("200 "), "{w}");
+    run.stop(Duration::from_secs(15)).unwrap();
+    let log = String::from_utf8(nginx.file("pp.log")).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(
+        lines[0].starts_with(&format!("{} 127.0.0.1 \"GET /index.html", lab.client4)),
+        "{log}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{} 127.0.0.1 \"GET /index.html", lab.client6)),
+        "{log}"
+    );
+}
