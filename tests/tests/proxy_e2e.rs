@@ -150,6 +150,85 @@ fn proxies_sequential_and_concurrent_connections_v4_v6() {
     });
 }
 
+/// TCP_INFO of a kernel socket: (options bits, snd_wscale, rcv_wscale, snd_mss).
+fn tcp_info(s: &TcpStream) -> (u8, u8, u8, u32) {
+    use std::os::fd::AsRawFd as _;
+    let mut b = [0u8; 232];
+    let mut len = b.len() as u32;
+    // SAFETY: valid buffer of the length passed.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            b.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(r, 0);
+    // struct tcp_info: byte 5 options, byte 6 snd_wscale:4 | rcv_wscale:4,
+    // u32 snd_mss at 16.
+    (
+        b[5],
+        b[6] & 0xf,
+        b[6] >> 4,
+        u32::from_ne_bytes([b[16], b[17], b[18], b[19]]),
+    )
+}
+
+#[test]
+fn negotiated_options_match_what_the_client_offered() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let _pass = lab
+        .client
+        .run(|| PassProgram::attach("cli0"))
+        .unwrap()
+        .unwrap();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let l = lab
+            .gw
+            .run(|| TcpListener::bind("127.0.0.1:9000"))
+            .unwrap()
+            .unwrap();
+        sc.spawn(|| echo_server(l, &stop));
+        let _stop = StopOnDrop(&stop);
+        let run = start(&lab, "127.0.0.1:9000", &[]);
+        let target = SocketAddr::from((lab.vip4, 8080));
+        let (opts, snd_ws, rcv_ws, mss) = lab
+            .client
+            .run(move || {
+                let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                // A large exchange, so scaled windows are in use both ways.
+                let msg = vec![7u8; 2 << 20];
+                let mut r = s.try_clone().unwrap();
+                let reader = std::thread::spawn(move || {
+                    let mut got = vec![0u8; 2 << 20];
+                    r.read_exact(&mut got).map(|_| got)
+                });
+                s.write_all(&msg).unwrap();
+                assert!(reader.join().unwrap().unwrap() == msg);
+                tcp_info(&s)
+            })
+            .unwrap();
+        // TCPI_OPT_TIMESTAMPS | TCPI_OPT_SACK | TCPI_OPT_WSCALE
+        assert_eq!(
+            opts & 7,
+            7,
+            "timestamps, SACK and window scaling all negotiated: {opts:#x}"
+        );
+        assert_eq!(snd_ws, 7, "ackgate's window scale as the client sees it");
+        assert!(rcv_ws > 0, "the client's own window scale is in force");
+        assert_eq!(
+            mss, 1448,
+            "MSS 1460 from the cookie, minus the 12-byte timestamp option"
+        );
+        run.stop(Duration::from_secs(15)).unwrap();
+    });
+}
+
 #[test]
 fn backend_down_gives_a_prompt_reset() {
     require_root();

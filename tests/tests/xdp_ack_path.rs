@@ -293,3 +293,53 @@ fn segments_of_kernel_sockets_pass() {
     let (action, _, d) = run(&r, &a.build());
     assert_eq!((action, d.get(Counter::AckRejected)), (XDP_DROP, 1));
 }
+
+/// Key rotation: a cookie minted in epoch e verifies after rotating to e+1,
+/// not after rotating to e+2. Fleet: an instance that only shares the secret
+/// (its own program, maps and key slots) accepts another's cookies.
+#[test]
+fn rotation_window_and_fleet_instances_sharing_the_secret() {
+    let mut a = responder();
+    let (syn, synack) = handshake(&a, CLIENT4.into(), VIP4.into(), 80);
+    let ack = ack_for(&syn, &synack).build();
+
+    let mut b = Responder::load().unwrap();
+    b.add_service(SocketAddr::new(VIP4.into(), 80)).unwrap();
+    b.install_keys(&Secret([9; 16]), EPOCH, &SETTINGS).unwrap();
+    b.set_handoff(true).unwrap();
+    let (action, _, d) = run(&b, &ack);
+    assert_eq!(
+        (action, d.get(Counter::AckVerified)),
+        (XDP_DROP, 1),
+        "instance B accepts A's cookie"
+    );
+    assert_eq!(one_event(&mut b).cookie, synack.seq);
+
+    let mut other = Responder::load().unwrap();
+    other.add_service(SocketAddr::new(VIP4.into(), 80)).unwrap();
+    other
+        .install_keys(&Secret([10; 16]), EPOCH, &SETTINGS)
+        .unwrap();
+    other.set_handoff(true).unwrap();
+    let (_, _, d) = run(&other, &ack);
+    assert_eq!(
+        d.get(Counter::AckRejected),
+        1,
+        "another fleet's secret rejects it"
+    );
+
+    a.install_keys(&Secret([9; 16]), EPOCH + 1, &SETTINGS)
+        .unwrap();
+    let (_, _, d) = run(&a, &ack);
+    assert_eq!(
+        d.get(Counter::AckVerified),
+        1,
+        "previous epoch still accepted"
+    );
+    a.drain_handoffs().unwrap();
+    a.install_keys(&Secret([9; 16]), EPOCH + 2, &SETTINGS)
+        .unwrap();
+    let (_, _, d) = run(&a, &ack);
+    assert_eq!(d.get(Counter::AckRejected), 1, "two epochs later: rejected");
+    assert!(a.drain_handoffs().unwrap().is_empty());
+}
