@@ -71,6 +71,9 @@ pub enum XdpModeArg {
     Native,
     /// Generic XDP in the network stack: works on any interface, slower.
     Skb,
+    /// No XDP: a plain listener (kernel SYN cookies) and the same proxy.
+    /// Needs backends; the fallback for hosts without XDP.
+    Off,
 }
 
 /// The TOML file. Every key is optional; unknown keys are rejected.
@@ -109,7 +112,8 @@ pub struct RunConfig {
     pub listen: Vec<SocketAddr>,
     pub backends: Vec<SocketAddr>,
     pub secret_file: Option<PathBuf>,
-    pub mode: AttachMode,
+    /// `None`: `--xdp-mode off`.
+    pub mode: Option<AttachMode>,
     pub proxy_protocol: proxyproto::Mode,
     pub epoch_secs: u32,
     pub mss: Option<u16>,
@@ -260,15 +264,22 @@ impl RunConfig {
             ));
         }
         let stats = a.stats_interval.or(f.stats_interval_secs).unwrap_or(10);
+        let mode = match a.xdp_mode.or(f.xdp_mode).unwrap_or(XdpModeArg::Native) {
+            XdpModeArg::Native => Some(AttachMode::Native),
+            XdpModeArg::Skb => Some(AttachMode::Skb),
+            XdpModeArg::Off if backends.is_empty() => {
+                return Err(ConfigError::Invalid(
+                    "--xdp-mode off needs --backend: without XDP, ackgate is only a proxy".into(),
+                ))
+            }
+            XdpModeArg::Off => None,
+        };
         Ok(RunConfig {
             iface,
             listen,
             backends,
             secret_file: a.secret_file.clone().or_else(|| f.secret_file.clone()),
-            mode: match a.xdp_mode.or(f.xdp_mode).unwrap_or(XdpModeArg::Native) {
-                XdpModeArg::Native => AttachMode::Native,
-                XdpModeArg::Skb => AttachMode::Skb,
-            },
+            mode,
             proxy_protocol: a.proxy_protocol.or(f.proxy_protocol).unwrap_or_default(),
             epoch_secs,
             mss,
@@ -320,7 +331,7 @@ mod tests {
         assert_eq!((c.iface.as_str(), c.max_connections), ("eth1", 7));
         assert_eq!(c.grace, Duration::from_secs(3));
         assert_eq!(c.idle_timeout, Duration::from_secs(300));
-        assert_eq!(c.mode, AttachMode::Native);
+        assert_eq!(c.mode, Some(AttachMode::Native));
         assert_eq!(c.proxy_protocol, proxyproto::Mode::Off);
     }
 
@@ -343,6 +354,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no interface"), "{e}");
+        let f =
+            FileConfig::parse("iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nxdp_mode = \"off\"\n")
+                .unwrap();
+        assert!(RunConfig::resolve(&RunArgs::default(), &f)
+            .unwrap_err()
+            .to_string()
+            .contains("needs --backend"));
         let f =
             FileConfig::parse("iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nmss = 100\n").unwrap();
         assert!(RunConfig::resolve(&RunArgs::default(), &f)

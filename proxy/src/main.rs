@@ -5,7 +5,7 @@ use std::time::Duration;
 use ackgate::{
     config::{FileConfig, RunArgs, RunConfig},
     lab,
-    responder::{Responder, Settings},
+    responder::{AttachMode, Responder, Settings},
     secret::{current_epoch, Secret},
 };
 use anyhow::{bail, Context as _, Result};
@@ -59,6 +59,9 @@ fn run(a: RunArgs) -> Result<()> {
         None => FileConfig::default(),
     };
     let c = RunConfig::resolve(&a, &file)?;
+    let Some(mode) = c.mode else {
+        return run_plain(c);
+    };
     require_root()?;
     let secret = match &c.secret_file {
         Some(p) => Secret::from_file(p)?,
@@ -73,7 +76,7 @@ fn run(a: RunArgs) -> Result<()> {
         settings.mss6 = m.saturating_sub(20).max(1220);
     }
     if !c.backends.is_empty() {
-        return run_proxy(c, secret, settings);
+        return run_proxy(c, mode, secret, settings);
     }
     // Block the stop signals before any thread exists; we take them
     // synchronously in the loop below.
@@ -88,12 +91,11 @@ fn run(a: RunArgs) -> Result<()> {
     }
     let mut epoch = current_epoch(c.epoch_secs);
     r.install_keys(&secret, epoch, &settings)?;
-    r.attach(&c.iface, c.mode)?;
+    r.attach(&c.iface, mode)?;
     let services: Vec<String> = c.listen.iter().map(|l| l.to_string()).collect();
     println!(
-        "ackgate: attached to {} ({} XDP); protecting {}; mss {}/{}; epoch {}s",
+        "ackgate: attached to {} ({mode} XDP); protecting {}; mss {}/{}; epoch {}s",
         c.iface,
-        c.mode,
         services.join(", "),
         settings.mss4,
         settings.mss6,
@@ -125,7 +127,7 @@ fn run(a: RunArgs) -> Result<()> {
 }
 
 /// With backends: the proxy on a tokio runtime.
-fn run_proxy(c: RunConfig, secret: Secret, settings: Settings) -> Result<()> {
+fn run_proxy(c: RunConfig, mode: AttachMode, secret: Secret, settings: Settings) -> Result<()> {
     let mut r = Responder::load()?;
     for l in &c.listen {
         r.add_service(*l)?;
@@ -134,19 +136,35 @@ fn run_proxy(c: RunConfig, secret: Secret, settings: Settings) -> Result<()> {
     // ACKs are ours from the first packet: events wait in the ring until the
     // consumer starts, rather than reaching the kernel and being reset.
     r.set_handoff(true)?;
-    r.attach(&c.iface, c.mode)?;
+    r.attach(&c.iface, mode)?;
     let services: Vec<String> = c.listen.iter().map(|l| l.to_string()).collect();
     let backends: Vec<String> = c.backends.iter().map(|b| b.to_string()).collect();
     println!(
-        "ackgate: attached to {} ({} XDP); proxying {} to {}; proxy protocol {:?}",
+        "ackgate: attached to {} ({mode} XDP); proxying {} to {}; proxy protocol {:?}",
         c.iface,
-        c.mode,
         services.join(", "),
         backends.join(", "),
         c.proxy_protocol
     );
-    let cfg = ackgate::serve::ProxyConfig {
-        backends: c.backends,
+    let cfg = proxy_config(&c);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(ackgate::serve::serve(r, secret, settings, cfg))
+}
+
+/// `--xdp-mode off`: plain listeners (kernel SYN cookies), the same proxy.
+fn run_plain(c: RunConfig) -> Result<()> {
+    let cfg = proxy_config(&c);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(ackgate::serve::serve_plain(c.listen, cfg))
+}
+
+fn proxy_config(c: &RunConfig) -> ackgate::serve::ProxyConfig {
+    ackgate::serve::ProxyConfig {
+        backends: c.backends.clone(),
         proxy_protocol: c.proxy_protocol,
         connect_timeout: c.connect_timeout,
         backend_backoff: c.backend_backoff,
@@ -155,11 +173,7 @@ fn run_proxy(c: RunConfig, secret: Secret, settings: Settings) -> Result<()> {
         grace: c.grace,
         stats_interval: c.stats_interval,
         epoch_secs: c.epoch_secs,
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(ackgate::serve::serve(r, secret, settings, cfg))
+    }
 }
 
 /// Waits up to `timeout` for one of `set`'s (blocked) signals.

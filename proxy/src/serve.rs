@@ -83,6 +83,92 @@ struct Shared {
     slots: Arc<Semaphore>,
 }
 
+impl Shared {
+    fn new(cfg: ProxyConfig) -> Arc<Self> {
+        Arc::new(Shared {
+            backends: Backends::new(
+                cfg.backends.clone(),
+                cfg.connect_timeout,
+                cfg.backend_backoff,
+            ),
+            relay: Box::new(TokioRelay),
+            stats: Stats::default(),
+            slots: Arc::new(Semaphore::new(cfg.max_connections)),
+            cfg,
+        })
+    }
+
+    /// Waits for running relays, up to the grace period.
+    async fn drain(&self, signame: &str) {
+        println!(
+            "ackgate: {signame}, draining {} connections (grace {:?})",
+            self.stats.active.load(Relaxed),
+            self.cfg.grace
+        );
+        let deadline = tokio::time::Instant::now() + self.cfg.grace;
+        while self.stats.active.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// `--xdp-mode off`: no XDP at all. A plain listener per service (the
+/// kernel's own SYN cookies defend it), the same backends and relay: the
+/// fallback for hosts without XDP and the benchmark's baseline.
+pub async fn serve_plain(listen: Vec<SocketAddr>, cfg: ProxyConfig) -> Result<()> {
+    let shared = Shared::new(cfg);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut accepts = tokio::task::JoinSet::new();
+    for addr in listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        let shared = shared.clone();
+        accepts.spawn(async move {
+            loop {
+                match l.accept().await {
+                    Ok((s, peer)) => match s.into_std() {
+                        Ok(s) => {
+                            shared.stats.handoffs.fetch_add(1, Relaxed);
+                            proxy(&shared, s, peer, addr);
+                        }
+                        Err(_) => {
+                            shared.stats.handoff_errors.fetch_add(1, Relaxed);
+                        }
+                    },
+                    // Out of descriptors and the like: back off, keep serving.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        });
+    }
+    println!(
+        "ackgate: listening (no XDP); proxying to {} backends",
+        shared.cfg.backends.len()
+    );
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut last_stats = tokio::time::Instant::now();
+    let signame = loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Some(every) = shared.cfg.stats_interval {
+                    if last_stats.elapsed() >= every {
+                        last_stats = tokio::time::Instant::now();
+                        println!("counters: {}", shared.stats);
+                    }
+                }
+            }
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+        }
+    };
+    accepts.abort_all();
+    shared.drain(signame).await;
+    println!("counters: {}", shared.stats);
+    Ok(())
+}
+
 /// Runs until SIGTERM/SIGINT, then drains. `r` must be attached, keyed and
 /// have its services; this turns the ACK path on.
 pub async fn serve(
@@ -99,17 +185,7 @@ pub async fn serve(
     .map_err(|e| e.into_parts().1)
     .context("watching the handoff ring buffer")?;
     let opener = WindowOpener::new()?;
-    let shared = Arc::new(Shared {
-        backends: Backends::new(
-            cfg.backends.clone(),
-            cfg.connect_timeout,
-            cfg.backend_backoff,
-        ),
-        relay: Box::new(TokioRelay),
-        stats: Stats::default(),
-        slots: Arc::new(Semaphore::new(cfg.max_connections)),
-        cfg,
-    });
+    let shared = Shared::new(cfg);
     r.set_handoff(true)?;
     let mut ring = ring;
     let mut term = signal(SignalKind::terminate())?;
@@ -153,15 +229,7 @@ pub async fn serve(
     // Stop taking new flows: verified ACKs are no longer consumed (they go
     // to the kernel, which resets them); running relays get the grace period.
     r.set_handoff(false)?;
-    println!(
-        "ackgate: {signame}, draining {} connections (grace {:?})",
-        shared.stats.active.load(Relaxed),
-        shared.cfg.grace
-    );
-    let deadline = tokio::time::Instant::now() + shared.cfg.grace;
-    while shared.stats.active.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    shared.drain(signame).await;
     println!("counters: {} {}", r.counters()?, shared.stats);
     Ok(())
 }
@@ -184,6 +252,12 @@ fn accept(shared: &Arc<Shared>, e: &Handoff, wscale: u8, opener: &WindowOpener) 
         }
     };
     shared.stats.handoffs.fetch_add(1, Relaxed);
+    proxy(shared, client, flow.client, flow.service);
+}
+
+/// A client connection (materialized, or accepted in `--xdp-mode off`):
+/// connect a backend and relay on a task, or reset the client at once.
+fn proxy(shared: &Arc<Shared>, client: std::net::TcpStream, peer: SocketAddr, service: SocketAddr) {
     let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
         shared.stats.resets_limit.fetch_add(1, Relaxed);
         reset(client);
@@ -195,8 +269,7 @@ fn accept(shared: &Arc<Shared>, e: &Handoff, wscale: u8, opener: &WindowOpener) 
         let _permit = permit;
         match shared.backends.connect().await {
             Ok((mut backend, _addr)) => {
-                let header =
-                    proxyproto::header(shared.cfg.proxy_protocol, flow.client, flow.service);
+                let header = proxyproto::header(shared.cfg.proxy_protocol, peer, service);
                 if header.is_empty() || backend.write_all(&header).await.is_ok() {
                     if let Ok(m) = shared
                         .relay

@@ -61,7 +61,7 @@ fn start(lab: &Lab, backend: &str, extra: &[&str]) -> Running {
     .args(["--listen", &format!("[{}]:8080", lab.vip6)])
     .args(["--backend", backend])
     .args(extra);
-    Running::start(cmd, "attached to", std::time::Duration::from_secs(30)).expect("ackgate starts")
+    Running::start(cmd, "ackgate: ", std::time::Duration::from_secs(30)).expect("ackgate starts")
 }
 
 fn exchange(target: SocketAddr, msg: &[u8]) -> (Vec<u8>, Duration) {
@@ -329,5 +329,50 @@ fn connection_limit_resets_the_excess() {
         let (_, out) = run.stop(Duration::from_secs(15)).unwrap();
         let c = last_counters(&out).unwrap();
         assert_eq!(counter(&c, "resets_limit"), 1, "{out:?}");
+    });
+}
+
+/// `--xdp-mode off`: no XDP program on the interface, a plain listener
+/// (kernel SYN cookies), the same proxy.
+#[test]
+fn xdp_mode_off_proxies_through_a_plain_listener() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let l = lab
+            .gw
+            .run(|| TcpListener::bind("127.0.0.1:9000"))
+            .unwrap()
+            .unwrap();
+        sc.spawn(|| echo_server(l, &stop));
+        let _stop = StopOnDrop(&stop);
+        let run = start(&lab, "127.0.0.1:9000", &["--xdp-mode", "off"]);
+        let link = lab.gw.exec(&["ip", "link", "show", lab.gw_if]).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+            "no XDP attached"
+        );
+        let targets = [
+            SocketAddr::from((lab.vip4, 8080)),
+            SocketAddr::from((lab.vip6, 8080)),
+        ];
+        lab.client
+            .run(|| {
+                for i in 0..20 {
+                    let msg = format!("plain {i}\n").repeat(10);
+                    let (got, _) = exchange(targets[i % 2], msg.as_bytes());
+                    assert_eq!(got, msg.as_bytes());
+                }
+            })
+            .unwrap();
+        let (status, out) = run.stop(Duration::from_secs(15)).unwrap();
+        assert!(status.success(), "{out:?}");
+        let c = last_counters(&out).unwrap();
+        assert_eq!(
+            (counter(&c, "handoffs"), counter(&c, "closed")),
+            (20, 20),
+            "{out:?}"
+        );
     });
 }
