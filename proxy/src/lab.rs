@@ -243,6 +243,17 @@ impl Capture {
         Ok(Capture { fd })
     }
 
+    /// Sends one frame out of the interface, as is.
+    pub fn send(&self, frame: &[u8]) -> Result<()> {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: valid buffer of the length passed; the socket is bound.
+        let r = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error()).context("AF_PACKET send");
+        }
+        Ok(())
+    }
+
     /// Next frame matching `pred`, or `None` after `timeout`.
     pub fn next_matching(
         &self,

@@ -376,3 +376,107 @@ fn xdp_mode_off_proxies_through_a_plain_listener() {
         );
     });
 }
+
+fn mac_of(ns: &ackgate::lab::Netns, ifname: &str) -> [u8; 6] {
+    let o = ns.exec(&["ip", "-o", "link", "show", ifname]).unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let hex = text
+        .split("link/ether ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let v: Vec<u8> = hex
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    v.try_into().unwrap()
+}
+
+/// 100,000 ACKs with random acknowledgment numbers from random (spoofed)
+/// sources, sent raw onto the client's veth: every one is rejected in XDP,
+/// nothing reaches the proxy or the backend, and nobody answers with a RST.
+#[test]
+fn forged_acks_produce_no_connections_and_no_resets() {
+    use std::sync::atomic::AtomicU64;
+    require_root();
+    let lab = Lab::new().unwrap();
+    let _pass = lab
+        .client
+        .run(|| PassProgram::attach("cli0"))
+        .unwrap()
+        .unwrap();
+    let accepted = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let l = lab
+            .gw
+            .run(|| TcpListener::bind("127.0.0.1:9000"))
+            .unwrap()
+            .unwrap();
+        let (stop_r, accepted_r) = (&stop, &accepted);
+        sc.spawn(move || {
+            l.set_nonblocking(true).unwrap();
+            while !stop_r.load(Ordering::Relaxed) {
+                if l.accept().is_ok() {
+                    accepted_r.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let _stop = StopOnDrop(&stop);
+        let run = start(&lab, "127.0.0.1:9000", &[]);
+        let (cli_mac, gw_mac) = (
+            mac_of(&lab.client, lab.client_if),
+            mac_of(&lab.gw, lab.gw_if),
+        );
+        let vip = lab.vip4;
+        let rsts = lab
+            .client
+            .run(move || {
+                use rand::{Rng, SeedableRng};
+                let cap = ackgate::lab::Capture::open("cli0").unwrap();
+                let tx = ackgate::lab::Capture::open("cli0").unwrap();
+                let mut rng = rand::rngs::StdRng::seed_from_u64(100_000);
+                for _ in 0..100_000 {
+                    let mut a = ackgate::packet::Segment::syn(
+                        std::net::Ipv4Addr::from(rng.gen::<u32>()).into(),
+                        rng.gen_range(1024..65535),
+                        vip.into(),
+                        8080,
+                        rng.gen(),
+                        &[],
+                    );
+                    a.flags = ackgate::packet::TCP_ACK;
+                    a.ack = rng.gen();
+                    a.src_mac = cli_mac;
+                    a.dst_mac = gw_mac;
+                    tx.send(&a.build()).unwrap();
+                }
+                // Anything the gateway sends back with RST set, for a while.
+                let mut rsts = 0;
+                while let Some(f) = cap.next_matching(Duration::from_millis(500), |f| {
+                    ackgate::packet::parse(f)
+                        .is_some_and(|p| p.flags & ackgate::packet::TCP_RST != 0)
+                }) {
+                    let _ = f;
+                    rsts += 1;
+                }
+                rsts
+            })
+            .unwrap();
+        assert_eq!(rsts, 0, "no RST for a forged ACK");
+        let (_, out) = run.stop(Duration::from_secs(15)).unwrap();
+        let c = last_counters(&out).unwrap();
+        assert_eq!(counter(&c, "ack_rejected"), 100_000, "{out:?}");
+        assert_eq!(counter(&c, "ack_verified"), 0);
+        assert_eq!(counter(&c, "handoffs"), 0);
+        assert_eq!(
+            accepted.load(Ordering::Relaxed),
+            0,
+            "the backend saw nothing"
+        );
+    });
+}
