@@ -33,5 +33,14 @@ for c in r["cases"]:
 assert r["syn_v4_minus_drop_ns"] == r["syn_v4_minus_drop_ns"]  # not NaN
 print("bench smoke ok")
 PY
+./target/release/ackgate-bench handoff --quick --out "$out" >/dev/null
+python3 - "$out/handoff.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for k in ("ttfb_ackgate", "ttfb_direct"):
+    assert r[k]["median_us"] > 0 and r[k]["p99_us"] >= r[k]["median_us"], r[k]
+assert r["rate_ackgate_per_s"] > 0 and r["rate_direct_per_s"] > 0, r
+print("handoff bench smoke ok")
+PY
 passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} END{print s+0}')
-echo "summary: $((passed + 1)) passed, 0 failed"
+echo "summary: $((passed + 2)) passed, 0 failed"

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod handoff;
 mod xdp;
 
 #[derive(Parser)]
@@ -25,6 +26,9 @@ enum Cmd {
     /// frames, so every run answers a fresh SYN), against an XDP_DROP
     /// program measured the same way.
     Xdp(xdp::Args),
+    /// Connect-to-first-byte through ackgate vs direct (median, p99), and
+    /// the rate of completed connections, in a namespace lab.
+    Handoff(handoff::Args),
 }
 
 #[derive(clap::Args, Clone)]
@@ -41,6 +45,7 @@ fn main() {
     let cli = Cli::parse();
     let r: Result<()> = match cli.cmd {
         Cmd::Xdp(a) => xdp::run(a),
+        Cmd::Handoff(a) => handoff::run(a),
     };
     if let Err(e) = r {
         eprintln!("ackgate-bench: {e:#}");

@@ -1,0 +1,253 @@
+//! `ackgate-bench handoff`: what the handoff costs a real connection.
+//!
+//! In a namespace lab, a kernel client talks to an echo backend in the
+//! gateway twice over: through ackgate (XDP SYN cookie, verified ACK,
+//! TCP_REPAIR handoff, relay) and directly (a port ackgate does not protect).
+//! Rounds alternate between the two, so both see the same machine. Reported:
+//! connect-to-first-byte percentiles for each and the difference, and the
+//! rate of completed connections with several clients at once.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Child, Stdio},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant, SystemTime},
+};
+
+use ackgate::{lab::Lab, responder::PassProgram};
+use anyhow::{bail, ensure, Context as _, Result};
+use serde::Serialize;
+
+use crate::Common;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    common: Common,
+    /// Sequential connections per path for the latency figures.
+    #[arg(long, default_value_t = 3000)]
+    connections: usize,
+    /// Concurrent clients for the rate figures.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Seconds per rate measurement.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+}
+
+#[derive(Serialize)]
+struct Percentiles {
+    median_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    benchmark: &'static str,
+    unix_time: u64,
+    kernel: String,
+    connections: usize,
+    clients: usize,
+    seconds: u64,
+    ttfb_ackgate: Percentiles,
+    ttfb_direct: Percentiles,
+    added_median_us: f64,
+    added_p99_us: f64,
+    rate_ackgate_per_s: f64,
+    rate_direct_per_s: f64,
+}
+
+fn pct(v: &mut [Duration]) -> Percentiles {
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e6;
+    Percentiles {
+        median_us: at(0.5),
+        p99_us: at(0.99),
+        p999_us: at(0.999),
+    }
+}
+
+/// One connection: connect, send 64 bytes, time to the first echoed byte.
+fn one(target: SocketAddr) -> Result<Duration> {
+    let t0 = Instant::now();
+    let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(&[b'x'; 64])?;
+    let mut b = [0u8; 64];
+    s.read_exact(&mut b[..1])?;
+    let t = t0.elapsed();
+    s.read_exact(&mut b[1..])?;
+    Ok(t)
+}
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    ensure!(nix::unistd::geteuid().is_root(), "the lab needs root");
+    let (n, secs) = if a.common.quick {
+        (200, 1)
+    } else {
+        (a.connections.max(10), a.seconds.max(1))
+    };
+    let bin = std::env::current_exe()?.with_file_name("ackgate");
+    ensure!(
+        bin.exists(),
+        "{} not found: build it (cargo build --release --bins)",
+        bin.display()
+    );
+    let lab = Lab::new()?;
+    let _pass = lab.client.run(|| PassProgram::attach("cli0"))??;
+    let backend: SocketAddr = (lab.vip4, 9000).into();
+    let l = lab.gw.run(move || TcpListener::bind(backend))??;
+    let stop = AtomicBool::new(false);
+    let report = std::thread::scope(|sc| -> Result<Report> {
+        sc.spawn(|| serve_echo(l, &stop));
+        let mut child = lab.gw.command(bin.to_str().unwrap());
+        child
+            .args([
+                "run",
+                "--iface",
+                lab.gw_if,
+                "--stats-interval",
+                "0",
+                "--listen",
+                &format!("{}:8080", lab.vip4),
+            ])
+            .args(["--backend", &backend.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = Kill(child.spawn().context("starting ackgate")?);
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.0.stdout.as_mut().unwrap()),
+            &mut line,
+        )?;
+        if !line.contains("attached to") {
+            bail!("ackgate did not start: {line}");
+        }
+        let via: SocketAddr = (lab.vip4, 8080).into();
+        let result =
+            lab.client
+                .run(|| -> Result<(Vec<Duration>, Vec<Duration>, f64, f64)> {
+                    // Warm both paths, then alternate in rounds of 50.
+                    for _ in 0..20 {
+                        one(via)?;
+                        one(backend)?;
+                    }
+                    let (mut ag, mut direct) = (Vec::with_capacity(n), Vec::with_capacity(n));
+                    while ag.len() < n {
+                        for _ in 0..50 {
+                            ag.push(one(via)?);
+                        }
+                        for _ in 0..50 {
+                            direct.push(one(backend)?);
+                        }
+                    }
+                    let rate = |target: SocketAddr| -> f64 {
+                        let done = AtomicU64::new(0);
+                        let t0 = Instant::now();
+                        std::thread::scope(|cs| {
+                            for _ in 0..a.clients.max(1) {
+                                cs.spawn(|| {
+                                    while t0.elapsed() < Duration::from_secs(secs) {
+                                        if one(target).is_ok() {
+                                            done.fetch_add(1, Ordering::Relaxed);
+                                        }
+                                    }
+                                });
+                            }
+                        });
+                        done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64()
+                    };
+                    let (ra, rd) = (rate(via), rate(backend));
+                    Ok((ag, direct, ra, rd))
+                })??;
+        stop.store(true, Ordering::Relaxed);
+        drop(child);
+        let (mut ag, mut direct, ra, rd) = result;
+        let (pa, pd) = (pct(&mut ag), pct(&mut direct));
+        Ok(Report {
+            benchmark: "handoff",
+            unix_time: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)?
+                .as_secs(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .into(),
+            connections: n,
+            clients: a.clients,
+            seconds: secs,
+            added_median_us: pa.median_us - pd.median_us,
+            added_p99_us: pa.p99_us - pd.p99_us,
+            ttfb_ackgate: pa,
+            ttfb_direct: pd,
+            rate_ackgate_per_s: ra,
+            rate_direct_per_s: rd,
+        })
+    })?;
+    std::fs::create_dir_all(&a.common.out)?;
+    std::fs::write(
+        a.common.out.join("handoff.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    let md = format!(
+        "### Handoff: connect-to-first-byte and connection rate (namespace lab, veth)\n\nkernel {}; {} sequential connections per path, alternating in rounds; rate with {} clients for {} s\n\n| path | median | p99 | p99.9 | connections/s |\n|---|---:|---:|---:|---:|\n| through ackgate | {:.0} us | {:.0} us | {:.0} us | {:.0} |\n| direct to the backend | {:.0} us | {:.0} us | {:.0} us | {:.0} |\n\nackgate adds {:.0} us at the median and {:.0} us at p99; it completes {:.2}x the direct connection rate.\n",
+        report.kernel,
+        report.connections,
+        report.clients,
+        report.seconds,
+        report.ttfb_ackgate.median_us,
+        report.ttfb_ackgate.p99_us,
+        report.ttfb_ackgate.p999_us,
+        report.rate_ackgate_per_s,
+        report.ttfb_direct.median_us,
+        report.ttfb_direct.p99_us,
+        report.ttfb_direct.p999_us,
+        report.rate_direct_per_s,
+        report.added_median_us,
+        report.added_p99_us,
+        report.rate_ackgate_per_s / report.rate_direct_per_s,
+    );
+    std::fs::write(a.common.out.join("handoff.md"), &md)?;
+    println!("{md}");
+    Ok(())
+}
+
+fn serve_echo(l: TcpListener, stop: &AtomicBool) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: listen(2) again only resizes the backlog.
+    unsafe { libc::listen(l.as_raw_fd(), 4096) };
+    l.set_nonblocking(true).unwrap();
+    std::thread::scope(|sc| {
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    sc.spawn(move || {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                        let mut b = [0u8; 4096];
+                        while let Ok(k) = s.read(&mut b) {
+                            if k == 0 || s.write_all(&b[..k]).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+    });
+}
