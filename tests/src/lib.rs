@@ -87,7 +87,8 @@ impl Running {
         timeout: Duration,
     ) -> anyhow::Result<(std::process::ExitStatus, Vec<String>)> {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        // It may have exited already (after an earlier SIGTERM).
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = std::time::Instant::now() + timeout;
         let status = loop {
             if let Some(s) = self.child.try_wait()? {

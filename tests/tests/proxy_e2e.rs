@@ -485,3 +485,91 @@ fn forged_acks_produce_no_connections_and_no_resets() {
         );
     });
 }
+
+/// An idle relay is closed after --idle-timeout-secs; SIGTERM lets a running
+/// relay finish within the grace period while new connections are refused.
+#[test]
+fn idle_timeout_and_graceful_drain() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let _pass = lab
+        .client
+        .run(|| PassProgram::attach("cli0"))
+        .unwrap()
+        .unwrap();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let l = lab
+            .gw
+            .run(|| TcpListener::bind("127.0.0.1:9000"))
+            .unwrap()
+            .unwrap();
+        sc.spawn(|| echo_server(l, &stop));
+        let _stop = StopOnDrop(&stop);
+        let run = start(
+            &lab,
+            "127.0.0.1:9000",
+            &["--idle-timeout-secs", "1", "--grace-secs", "5"],
+        );
+        let target = SocketAddr::from((lab.vip4, 8080));
+        // Idle: closed after about a second, not held open.
+        let idle = lab
+            .client
+            .run(move || {
+                let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let t0 = Instant::now();
+                let mut b = [0u8; 1];
+                let r = s.read(&mut b).map_err(|e| e.kind());
+                (r, t0.elapsed())
+            })
+            .unwrap();
+        assert!(
+            matches!(idle.0, Ok(0) | Err(std::io::ErrorKind::ConnectionReset)),
+            "{idle:?}"
+        );
+        assert!(
+            idle.1 >= Duration::from_millis(900) && idle.1 < Duration::from_secs(5),
+            "{idle:?}"
+        );
+
+        // Drain: a connection open at SIGTERM keeps working until done.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let lab_ref = &lab;
+        let client = sc.spawn(move || {
+            lab_ref
+                .client
+                .run(move || {
+                    let mut s =
+                        TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    s.write_all(b"before").unwrap();
+                    let mut b = [0u8; 6];
+                    s.read_exact(&mut b).unwrap();
+                    tx.send(()).unwrap();
+                    std::thread::sleep(Duration::from_millis(500));
+                    // ackgate has received SIGTERM by now.
+                    s.write_all(b"after!").unwrap();
+                    s.read_exact(&mut b).unwrap();
+                    s.shutdown(Shutdown::Write).unwrap();
+                    b
+                })
+                .unwrap()
+        });
+        rx.recv().unwrap();
+        let pid = nix::unistd::Pid::from_raw(run.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        assert_eq!(
+            &client.join().unwrap(),
+            b"after!",
+            "the running relay finished during the grace period"
+        );
+        let (status, out) = run.stop(Duration::from_secs(15)).unwrap();
+        assert!(status.success(), "{out:?}");
+        assert!(
+            out.iter()
+                .any(|l| l.contains("SIGTERM, draining 1 connections")),
+            "{out:?}"
+        );
+    });
+}
