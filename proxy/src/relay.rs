@@ -7,10 +7,15 @@
 
 use std::{future::Future, io, net::TcpStream as StdStream, pin::Pin, time::Duration};
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-    time::{sleep_until, Instant},
+    net::{
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        TcpStream,
+    },
+    time::{sleep, Instant},
 };
 
 /// Bytes moved each way.
@@ -42,43 +47,56 @@ impl Relay for TokioRelay {
 async fn relay(client: TcpStream, backend: TcpStream, idle: Duration) -> io::Result<Moved> {
     let _ = client.set_nodelay(true);
     let _ = backend.set_nodelay(true);
-    let (mut cr, mut cw) = client.into_split();
-    let (mut br, mut bw) = backend.into_split();
-    let mut up = vec![0u8; 64 * 1024];
-    let mut down = vec![0u8; 64 * 1024];
-    let (mut client_open, mut backend_open) = (true, true);
-    let mut moved = Moved::default();
-    let mut deadline = Instant::now() + idle;
-    while client_open || backend_open {
-        tokio::select! {
-            r = cr.read(&mut up), if client_open => match r? {
-                0 => {
-                    client_open = false;
-                    bw.shutdown().await?;
-                }
-                n => {
-                    bw.write_all(&up[..n]).await?;
-                    moved.to_backend += n as u64;
-                    deadline = Instant::now() + idle;
-                }
-            },
-            r = br.read(&mut down), if backend_open => match r? {
-                0 => {
-                    backend_open = false;
-                    cw.shutdown().await?;
-                }
-                n => {
-                    cw.write_all(&down[..n]).await?;
-                    moved.to_client += n as u64;
-                    deadline = Instant::now() + idle;
-                }
-            },
-            _ = sleep_until(deadline) => {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
-            }
+    let (cr, cw) = client.into_split();
+    let (br, bw) = backend.into_split();
+    // The two directions run concurrently: a relay that waited on one write
+    // while the other side waited on it to read would deadlock once both
+    // socket buffers filled (a large echo does exactly that).
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let both = async { tokio::try_join!(pipe(cr, bw, &last, start), pipe(br, cw, &last, start)) };
+    tokio::select! {
+        r = both => {
+            let (to_backend, to_client) = r?;
+            Ok(Moved { to_backend, to_client })
         }
+        _ = watchdog(&last, start, idle) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
     }
-    Ok(moved)
+}
+
+/// Copies one direction until EOF, then passes the EOF on as a write
+/// shutdown. Records activity in `last` (milliseconds since `start`).
+async fn pipe(
+    mut r: OwnedReadHalf,
+    mut w: OwnedWriteHalf,
+    last: &AtomicU64,
+    start: Instant,
+) -> io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut moved = 0u64;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            w.shutdown().await?;
+            return Ok(moved);
+        }
+        w.write_all(&buf[..n]).await?;
+        moved += n as u64;
+        last.store(start.elapsed().as_millis() as u64, Relaxed);
+    }
+}
+
+/// Resolves once neither direction has moved a byte for `idle`.
+async fn watchdog(last: &AtomicU64, start: Instant, idle: Duration) {
+    loop {
+        let quiet = start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last.load(Relaxed)));
+        if quiet >= idle {
+            return;
+        }
+        sleep(idle - quiet).await;
+    }
 }
 
 /// Closes `s` with a RST (SO_LINGER 0): the prompt refusal a client gets
