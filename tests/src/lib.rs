@@ -133,3 +133,86 @@ pub fn counter(c: &[(String, u64)], name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no counter {name} in {c:?}"))
         .1
 }
+
+/// `ackgate run --iface <gateway interface> --stats-interval 0 ARGS...` in
+/// the lab's gateway namespace, once it has printed a line containing
+/// `ready`.
+pub fn run_ackgate_until(lab: &lab::Lab, args: &[&str], ready: &str) -> Running {
+    let mut cmd = lab.gw.command(ackgate_bin().to_str().unwrap());
+    cmd.args(["run", "--iface", lab.gw_if, "--stats-interval", "0"])
+        .args(args);
+    Running::start(cmd, ready, Duration::from_secs(30)).expect("ackgate starts")
+}
+
+/// [`run_ackgate_until`] the XDP program is attached.
+pub fn run_ackgate(lab: &lab::Lab, args: &[&str]) -> Running {
+    run_ackgate_until(lab, args, "attached to")
+}
+
+/// Sets the flag when dropped, also while unwinding from a failed assertion,
+/// so a backend thread watching it ends and its scope can return the failure.
+pub struct StopOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Echo backend: every accepted connection echoes until EOF, on its own
+/// thread, until `stop` is set.
+pub fn echo_server(l: std::net::TcpListener, stop: &std::sync::atomic::AtomicBool) {
+    use std::{
+        io::{Read as _, Write as _},
+        os::fd::AsRawFd as _,
+        sync::atomic::Ordering,
+    };
+    // std's backlog of 128 overflows when 200 clients arrive at once, and a
+    // dropped backend SYN outlasts the proxy's connect timeout.
+    // SAFETY: listen(2) again on a listening socket only resizes its backlog.
+    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 4096) }, 0);
+    l.set_nonblocking(true).unwrap();
+    std::thread::scope(|sc| {
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    sc.spawn(move || {
+                        s.set_nonblocking(false).unwrap();
+                        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+                        let mut buf = vec![0u8; 256 * 1024];
+                        while let Ok(n) = s.read(&mut buf) {
+                            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = s.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    });
+}
+
+/// A lab with the client's pass program attached and an echo backend on
+/// 127.0.0.1:9000 in the gateway, for the duration of `f`.
+pub fn with_echo_lab<R>(f: impl FnOnce(&lab::Lab) -> R) -> R {
+    require_root();
+    let lab = lab::Lab::new().unwrap();
+    let _pass = lab
+        .client
+        .run(|| ackgate::responder::PassProgram::attach("cli0"))
+        .unwrap()
+        .unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let l = lab
+        .gw
+        .run(|| std::net::TcpListener::bind("127.0.0.1:9000"))
+        .unwrap()
+        .unwrap();
+    std::thread::scope(|sc| {
+        sc.spawn(|| echo_server(l, &stop));
+        let _stop = StopOnDrop(&stop);
+        f(&lab)
+    })
+}

@@ -4,42 +4,17 @@
 
 use std::{
     io::{Read, Write},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Shutdown, SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
 
-use ackgate::{lab::Lab, responder::PassProgram};
-use ackgate_tests::{ackgate_bin, counter, last_counters, require_root, Running};
+use ackgate::lab::Lab;
+use ackgate_tests::{counter, last_counters, run_ackgate, with_echo_lab, Running};
 use sha2::{Digest, Sha256};
 
 fn start(lab: &Lab) -> Running {
-    let mut cmd = lab.gw.command(ackgate_bin().to_str().unwrap());
-    cmd.args(["run", "--iface", lab.gw_if, "--stats-interval", "0"])
-        .args(["--listen", &format!("{}:8080", lab.vip4)])
-        .args(["--backend", "127.0.0.1:9000"]);
-    Running::start(cmd, "attached to", Duration::from_secs(30)).unwrap()
-}
-
-/// Echo backend in the gateway for one connection.
-fn echo_once(lab: &Lab) -> std::thread::JoinHandle<()> {
-    let l = lab
-        .gw
-        .run(|| TcpListener::bind("127.0.0.1:9000"))
-        .unwrap()
-        .unwrap();
-    std::thread::spawn(move || {
-        let (mut s, _) = l.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        let mut r = s.try_clone().unwrap();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            match r.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => s.write_all(&buf[..n]).unwrap(),
-            }
-        }
-        let _ = s.shutdown(Shutdown::Write);
-    })
+    let v4 = format!("{}:8080", lab.vip4);
+    run_ackgate(lab, &["--listen", &v4, "--backend", "127.0.0.1:9000"])
 }
 
 /// Deterministic pseudo-random bytes.
@@ -57,132 +32,117 @@ fn block(seed: u64, n: usize) -> Vec<u8> {
 
 #[test]
 fn hundred_megabytes_each_way_with_one_percent_loss() {
-    require_root();
-    let lab = Lab::new().unwrap();
-    let _pass = lab
-        .client
-        .run(|| PassProgram::attach("cli0"))
-        .unwrap()
-        .unwrap();
-    for chain in ["INPUT", "OUTPUT"] {
+    with_echo_lab(|lab| {
+        for chain in ["INPUT", "OUTPUT"] {
+            lab.client
+                .exec(&[
+                    "iptables",
+                    "-A",
+                    chain,
+                    "-p",
+                    "tcp",
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "random",
+                    "--probability",
+                    "0.01",
+                    "-j",
+                    "DROP",
+                ])
+                .unwrap();
+        }
+        let run = start(lab);
+        let target = SocketAddr::from((lab.vip4, 8080));
+        const TOTAL: usize = 100 << 20;
+        let (sent, got, took) = lab
+            .client
+            .run(move || {
+                let t0 = Instant::now();
+                let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(10)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                let mut w = s.try_clone().unwrap();
+                let writer = std::thread::spawn(move || {
+                    let mut h = Sha256::new();
+                    for i in 0..TOTAL / (1 << 20) {
+                        let b = block(i as u64 + 1, 1 << 20);
+                        h.update(&b);
+                        w.write_all(&b).unwrap();
+                    }
+                    w.shutdown(Shutdown::Write).unwrap();
+                    h.finalize()
+                });
+                let mut h = Sha256::new();
+                let mut n = 0usize;
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    let k = s.read(&mut buf).unwrap();
+                    if k == 0 {
+                        break;
+                    }
+                    h.update(&buf[..k]);
+                    n += k;
+                }
+                assert_eq!(n, TOTAL, "every byte came back");
+                (writer.join().unwrap(), h.finalize(), t0.elapsed())
+            })
+            .unwrap();
+        assert_eq!(sent, got, "SHA-256 of what came back equals what was sent");
+        eprintln!("100 MB each way through ackgate with 1% loss: {took:?}");
+        let (_, out) = run.stop(Duration::from_secs(15)).unwrap();
+        let c = last_counters(&out).unwrap();
+        assert_eq!(counter(&c, "handoffs"), 1, "{out:?}");
+        assert_eq!(counter(&c, "bytes_to_backend"), TOTAL as u64);
+        assert_eq!(counter(&c, "bytes_to_client"), TOTAL as u64);
+    });
+}
+#[test]
+fn lost_first_ack_is_completed_by_the_zero_window_probe() {
+    with_echo_lab(|lab| {
+        // The second packet of each connection from the client (its first ACK).
         lab.client
             .exec(&[
                 "iptables",
                 "-A",
-                chain,
+                "OUTPUT",
                 "-p",
                 "tcp",
+                "--dport",
+                "8080",
                 "-m",
-                "statistic",
-                "--mode",
-                "random",
-                "--probability",
-                "0.01",
+                "connbytes",
+                "--connbytes",
+                "2:2",
+                "--connbytes-dir",
+                "original",
+                "--connbytes-mode",
+                "packets",
                 "-j",
                 "DROP",
             ])
             .unwrap();
-    }
-    let echo = echo_once(&lab);
-    let run = start(&lab);
-    let target = SocketAddr::from((lab.vip4, 8080));
-    const TOTAL: usize = 100 << 20;
-    let (sent, got, took) = lab
-        .client
-        .run(move || {
-            let t0 = Instant::now();
-            let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(10)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-            let mut w = s.try_clone().unwrap();
-            let writer = std::thread::spawn(move || {
-                let mut h = Sha256::new();
-                for i in 0..TOTAL / (1 << 20) {
-                    let b = block(i as u64 + 1, 1 << 20);
-                    h.update(&b);
-                    w.write_all(&b).unwrap();
-                }
-                w.shutdown(Shutdown::Write).unwrap();
-                h.finalize()
-            });
-            let mut h = Sha256::new();
-            let mut n = 0usize;
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let k = s.read(&mut buf).unwrap();
-                if k == 0 {
-                    break;
-                }
-                h.update(&buf[..k]);
-                n += k;
-            }
-            assert_eq!(n, TOTAL, "every byte came back");
-            (writer.join().unwrap(), h.finalize(), t0.elapsed())
-        })
-        .unwrap();
-    assert_eq!(sent, got, "SHA-256 of what came back equals what was sent");
-    eprintln!("100 MB each way through ackgate with 1% loss: {took:?}");
-    echo.join().unwrap();
-    let (_, out) = run.stop(Duration::from_secs(15)).unwrap();
-    let c = last_counters(&out).unwrap();
-    assert_eq!(counter(&c, "handoffs"), 1, "{out:?}");
-    assert_eq!(counter(&c, "bytes_to_backend"), TOTAL as u64);
-    assert_eq!(counter(&c, "bytes_to_client"), TOTAL as u64);
-}
-
-#[test]
-fn lost_first_ack_is_completed_by_the_zero_window_probe() {
-    require_root();
-    let lab = Lab::new().unwrap();
-    let _pass = lab
-        .client
-        .run(|| PassProgram::attach("cli0"))
-        .unwrap()
-        .unwrap();
-    // The second packet of each connection from the client (its first ACK).
-    lab.client
-        .exec(&[
-            "iptables",
-            "-A",
-            "OUTPUT",
-            "-p",
-            "tcp",
-            "--dport",
-            "8080",
-            "-m",
-            "connbytes",
-            "--connbytes",
-            "2:2",
-            "--connbytes-dir",
-            "original",
-            "--connbytes-mode",
-            "packets",
-            "-j",
-            "DROP",
-        ])
-        .unwrap();
-    let echo = echo_once(&lab);
-    let run = start(&lab);
-    let target = SocketAddr::from((lab.vip4, 8080));
-    let got = lab
-        .client
-        .run(move || {
-            let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            s.write_all(b"GET / after a lost ACK\r\n").unwrap();
-            s.shutdown(Shutdown::Write).unwrap();
-            let mut got = Vec::new();
-            s.read_to_end(&mut got).unwrap();
-            got
-        })
-        .unwrap();
-    assert_eq!(got, b"GET / after a lost ACK\r\n");
-    echo.join().unwrap();
-    let (_, out) = run.stop(Duration::from_secs(15)).unwrap();
-    let c = last_counters(&out).unwrap();
-    assert_eq!(counter(&c, "handoffs"), 1, "{out:?}");
-    assert_eq!(
-        counter(&c, "ack_verified"),
-        1,
-        "the probe, not the dropped ACK: {out:?}"
-    );
+        let run = start(lab);
+        let target = SocketAddr::from((lab.vip4, 8080));
+        let got = lab
+            .client
+            .run(move || {
+                let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                s.write_all(b"GET / after a lost ACK\r\n").unwrap();
+                s.shutdown(Shutdown::Write).unwrap();
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).unwrap();
+                got
+            })
+            .unwrap();
+        assert_eq!(got, b"GET / after a lost ACK\r\n");
+        let (_, out) = run.stop(Duration::from_secs(15)).unwrap();
+        let c = last_counters(&out).unwrap();
+        assert_eq!(counter(&c, "handoffs"), 1, "{out:?}");
+        assert_eq!(
+            counter(&c, "ack_verified"),
+            1,
+            "the probe, not the dropped ACK: {out:?}"
+        );
+    });
 }

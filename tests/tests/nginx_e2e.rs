@@ -10,7 +10,7 @@ use std::{
 };
 
 use ackgate::{lab::Lab, responder::PassProgram};
-use ackgate_tests::{ackgate_bin, counter, last_counters, require_root, Running};
+use ackgate_tests::{counter, last_counters, require_root, run_ackgate, Running};
 
 /// nginx in the gateway namespace, killed and its directory removed on drop.
 struct Nginx {
@@ -107,24 +107,20 @@ fn curl(lab: &Lab, url: &str, out: &Path) -> String {
 }
 
 fn ackgate(lab: &Lab, backend: &str, pp: &str) -> Running {
-    let mut cmd = lab.gw.command(ackgate_bin().to_str().unwrap());
-    cmd.args([
-        "run",
-        "--iface",
-        lab.gw_if,
-        "--stats-interval",
-        "0",
-        "--proxy-protocol",
-        pp,
-    ])
-    .args([
-        "--listen",
-        &format!("{}:80", lab.vip4),
-        "--listen",
-        &format!("[{}]:80", lab.vip6),
-    ])
-    .args(["--backend", backend]);
-    Running::start(cmd, "attached to", Duration::from_secs(30)).unwrap()
+    let (v4, v6) = (format!("{}:80", lab.vip4), format!("[{}]:80", lab.vip6));
+    run_ackgate(
+        lab,
+        &[
+            "--proxy-protocol",
+            pp,
+            "--listen",
+            &v4,
+            "--listen",
+            &v6,
+            "--backend",
+            backend,
+        ],
+    )
 }
 
 #[test]

@@ -10,63 +10,27 @@ use std::{
 };
 
 use ackgate::{lab::Lab, responder::PassProgram};
-use ackgate_tests::{ackgate_bin, counter, last_counters, require_root, Running};
-
-fn echo_server(l: TcpListener, stop: &AtomicBool) {
-    use std::os::fd::AsRawFd as _;
-    // std's backlog of 128 overflows when 200 clients arrive at once, and a
-    // dropped backend SYN outlasts the proxy's connect timeout.
-    // SAFETY: listen(2) again on a listening socket only resizes its backlog.
-    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 4096) }, 0);
-    l.set_nonblocking(true).unwrap();
-    std::thread::scope(|sc| {
-        while !stop.load(Ordering::Relaxed) {
-            match l.accept() {
-                Ok((mut s, _)) => {
-                    sc.spawn(move || {
-                        s.set_nonblocking(false).unwrap();
-                        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                        let mut buf = [0u8; 65536];
-                        while let Ok(n) = s.read(&mut buf) {
-                            if n == 0 || s.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                        let _ = s.shutdown(Shutdown::Write);
-                    });
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(1)),
-            }
-        }
-    });
-}
-
-/// Sets the flag when dropped, also while unwinding from a failed assertion,
-/// so the backend thread ends and the scope can return the failure.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
+use ackgate_tests::{
+    ackgate_bin, counter, last_counters, require_root, run_ackgate_until, with_echo_lab, Running,
+    StopOnDrop,
+};
 
 fn start(lab: &Lab, backend: &str, extra: &[&str]) -> Running {
-    let mut cmd = lab.gw.command(ackgate_bin().to_str().unwrap());
-    cmd.args([
-        "run",
-        "--iface",
-        lab.gw_if,
-        "--stats-interval",
-        "0",
+    let v4 = format!("{}:8080", lab.vip4);
+    let v6 = format!("[{}]:8080", lab.vip6);
+    let mut args = vec![
         "--connect-timeout-ms",
         "500",
-    ])
-    .args(["--listen", &format!("{}:8080", lab.vip4)])
-    .args(["--listen", &format!("[{}]:8080", lab.vip6)])
-    .args(["--backend", backend])
-    .args(extra);
-    Running::start(cmd, "ackgate: ", std::time::Duration::from_secs(30)).expect("ackgate starts")
+        "--listen",
+        &v4,
+        "--listen",
+        &v6,
+        "--backend",
+        backend,
+    ];
+    args.extend_from_slice(extra);
+    // "ackgate: " also covers `--xdp-mode off`, which prints "listening".
+    run_ackgate_until(lab, &args, "ackgate: ")
 }
 
 fn exchange(target: SocketAddr, msg: &[u8]) -> (Vec<u8>, Duration) {
@@ -85,23 +49,8 @@ fn exchange(target: SocketAddr, msg: &[u8]) -> (Vec<u8>, Duration) {
 
 #[test]
 fn proxies_sequential_and_concurrent_connections_v4_v6() {
-    require_root();
-    let lab = Lab::new().unwrap();
-    let _pass = lab
-        .client
-        .run(|| PassProgram::attach("cli0"))
-        .unwrap()
-        .unwrap();
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|sc| {
-        let l = lab
-            .gw
-            .run(|| TcpListener::bind("127.0.0.1:9000"))
-            .unwrap()
-            .unwrap();
-        sc.spawn(|| echo_server(l, &stop));
-        let _stop = StopOnDrop(&stop);
-        let run = start(&lab, "127.0.0.1:9000", &[]);
+    with_echo_lab(|lab| {
+        let run = start(lab, "127.0.0.1:9000", &[]);
         let targets = [
             SocketAddr::from((lab.vip4, 8080)),
             SocketAddr::from((lab.vip6, 8080)),
@@ -183,23 +132,8 @@ fn tcp_info(s: &TcpStream) -> (u8, u8, u8, u32) {
 
 #[test]
 fn negotiated_options_match_what_the_client_offered() {
-    require_root();
-    let lab = Lab::new().unwrap();
-    let _pass = lab
-        .client
-        .run(|| PassProgram::attach("cli0"))
-        .unwrap()
-        .unwrap();
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|sc| {
-        let l = lab
-            .gw
-            .run(|| TcpListener::bind("127.0.0.1:9000"))
-            .unwrap()
-            .unwrap();
-        sc.spawn(|| echo_server(l, &stop));
-        let _stop = StopOnDrop(&stop);
-        let run = start(&lab, "127.0.0.1:9000", &[]);
+    with_echo_lab(|lab| {
+        let run = start(lab, "127.0.0.1:9000", &[]);
         let target = SocketAddr::from((lab.vip4, 8080));
         let (opts, snd_ws, rcv_ws, mss) = lab
             .client
@@ -288,23 +222,8 @@ fn backend_down_gives_a_prompt_reset() {
 
 #[test]
 fn connection_limit_resets_the_excess() {
-    require_root();
-    let lab = Lab::new().unwrap();
-    let _pass = lab
-        .client
-        .run(|| PassProgram::attach("cli0"))
-        .unwrap()
-        .unwrap();
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|sc| {
-        let l = lab
-            .gw
-            .run(|| TcpListener::bind("127.0.0.1:9000"))
-            .unwrap()
-            .unwrap();
-        sc.spawn(|| echo_server(l, &stop));
-        let _stop = StopOnDrop(&stop);
-        let run = start(&lab, "127.0.0.1:9000", &["--max-connections", "2"]);
+    with_echo_lab(|lab| {
+        let run = start(lab, "127.0.0.1:9000", &["--max-connections", "2"]);
         let target = SocketAddr::from((lab.vip4, 8080));
         lab.client
             .run(|| {
@@ -341,18 +260,8 @@ fn connection_limit_resets_the_excess() {
 /// (kernel SYN cookies), the same proxy.
 #[test]
 fn xdp_mode_off_proxies_through_a_plain_listener() {
-    require_root();
-    let lab = Lab::new().unwrap();
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|sc| {
-        let l = lab
-            .gw
-            .run(|| TcpListener::bind("127.0.0.1:9000"))
-            .unwrap()
-            .unwrap();
-        sc.spawn(|| echo_server(l, &stop));
-        let _stop = StopOnDrop(&stop);
-        let run = start(&lab, "127.0.0.1:9000", &["--xdp-mode", "off"]);
+    with_echo_lab(|lab| {
+        let run = start(lab, "127.0.0.1:9000", &["--xdp-mode", "off"]);
         let link = lab.gw.exec(&["ip", "link", "show", lab.gw_if]).unwrap();
         assert!(
             !String::from_utf8_lossy(&link.stdout).contains("xdp"),
@@ -490,24 +399,9 @@ fn forged_acks_produce_no_connections_and_no_resets() {
 /// relay finish within the grace period while new connections are refused.
 #[test]
 fn idle_timeout_and_graceful_drain() {
-    require_root();
-    let lab = Lab::new().unwrap();
-    let _pass = lab
-        .client
-        .run(|| PassProgram::attach("cli0"))
-        .unwrap()
-        .unwrap();
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|sc| {
-        let l = lab
-            .gw
-            .run(|| TcpListener::bind("127.0.0.1:9000"))
-            .unwrap()
-            .unwrap();
-        sc.spawn(|| echo_server(l, &stop));
-        let _stop = StopOnDrop(&stop);
+    with_echo_lab(|lab| {
         let run = start(
-            &lab,
+            lab,
             "127.0.0.1:9000",
             &["--idle-timeout-secs", "1", "--grace-secs", "5"],
         );
@@ -535,33 +429,33 @@ fn idle_timeout_and_graceful_drain() {
 
         // Drain: a connection open at SIGTERM keeps working until done.
         let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let lab_ref = &lab;
-        let client = sc.spawn(move || {
-            lab_ref
-                .client
-                .run(move || {
-                    let mut s =
-                        TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
-                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                    s.write_all(b"before").unwrap();
-                    let mut b = [0u8; 6];
-                    s.read_exact(&mut b).unwrap();
-                    tx.send(()).unwrap();
-                    std::thread::sleep(Duration::from_millis(500));
-                    // ackgate has received SIGTERM by now.
-                    s.write_all(b"after!").unwrap();
-                    s.read_exact(&mut b).unwrap();
-                    s.shutdown(Shutdown::Write).unwrap();
-                    b
-                })
-                .unwrap()
+        let drained = std::thread::scope(|sc| {
+            let client = sc.spawn(move || {
+                lab.client
+                    .run(move || {
+                        let mut s =
+                            TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
+                        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                        s.write_all(b"before").unwrap();
+                        let mut b = [0u8; 6];
+                        s.read_exact(&mut b).unwrap();
+                        tx.send(()).unwrap();
+                        std::thread::sleep(Duration::from_millis(500));
+                        // ackgate has received SIGTERM by now.
+                        s.write_all(b"after!").unwrap();
+                        s.read_exact(&mut b).unwrap();
+                        s.shutdown(Shutdown::Write).unwrap();
+                        b
+                    })
+                    .unwrap()
+            });
+            rx.recv().unwrap();
+            let pid = nix::unistd::Pid::from_raw(run.child.id() as i32);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+            client.join().unwrap()
         });
-        rx.recv().unwrap();
-        let pid = nix::unistd::Pid::from_raw(run.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         assert_eq!(
-            &client.join().unwrap(),
-            b"after!",
+            &drained, b"after!",
             "the running relay finished during the grace period"
         );
         let (status, out) = run.stop(Duration::from_secs(15)).unwrap();
