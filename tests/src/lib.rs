@@ -82,6 +82,26 @@ impl Running {
     }
 
     /// Sends SIGTERM, waits for exit (up to `timeout`) and returns all output.
+    /// Waits (up to `timeout`) for an output line containing `text`.
+    pub fn wait_for(&mut self, text: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    let hit = l.contains(text);
+                    self.output.push(l);
+                    if hit {
+                        return Ok(());
+                    }
+                }
+                Err(_) => {
+                    anyhow::bail!("no '{text}' within {timeout:?}; output: {:?}", self.output)
+                }
+            }
+        }
+    }
+
     pub fn stop(
         mut self,
         timeout: Duration,

@@ -400,7 +400,7 @@ fn forged_acks_produce_no_connections_and_no_resets() {
 #[test]
 fn idle_timeout_and_graceful_drain() {
     with_echo_lab(|lab| {
-        let run = start(
+        let mut run = start(
             lab,
             "127.0.0.1:9000",
             &["--idle-timeout-secs", "1", "--grace-secs", "5"],
@@ -429,6 +429,7 @@ fn idle_timeout_and_graceful_drain() {
 
         // Drain: a connection open at SIGTERM keeps working until done.
         let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let drained = std::thread::scope(|sc| {
             let client = sc.spawn(move || {
                 lab.client
@@ -440,8 +441,8 @@ fn idle_timeout_and_graceful_drain() {
                         let mut b = [0u8; 6];
                         s.read_exact(&mut b).unwrap();
                         tx.send(()).unwrap();
-                        std::thread::sleep(Duration::from_millis(500));
-                        // ackgate has received SIGTERM by now.
+                        // Until ackgate has taken SIGTERM and is draining.
+                        go_rx.recv().unwrap();
                         s.write_all(b"after!").unwrap();
                         s.read_exact(&mut b).unwrap();
                         s.shutdown(Shutdown::Write).unwrap();
@@ -452,6 +453,9 @@ fn idle_timeout_and_graceful_drain() {
             rx.recv().unwrap();
             let pid = nix::unistd::Pid::from_raw(run.child.id() as i32);
             nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+            run.wait_for("SIGTERM, draining 1 connections", Duration::from_secs(10))
+                .unwrap();
+            go_tx.send(()).unwrap();
             client.join().unwrap()
         });
         assert_eq!(
