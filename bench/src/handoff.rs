@@ -126,17 +126,22 @@ pub fn run(a: Args) -> Result<()> {
                 &format!("{}:8080", lab.vip4),
             ])
             .args(["--backend", &backend.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::piped());
         let mut child = Kill(child.spawn().context("starting ackgate")?);
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.0.stdout.as_mut().unwrap()),
-            &mut line,
-        )?;
-        if !line.contains("attached to") {
-            bail!("ackgate did not start: {line}");
+        // Its log (stderr) until the program is attached; then the rest is
+        // passed through on a thread so the pipe never fills.
+        let mut log =
+            std::io::BufRead::lines(std::io::BufReader::new(child.0.stderr.take().unwrap()));
+        let mut seen = Vec::new();
+        loop {
+            match log.next() {
+                Some(Ok(l)) if l.contains("proxy ready") => break,
+                Some(Ok(l)) => seen.push(l),
+                _ => bail!("ackgate did not start: {}", seen.join("\n")),
+            }
         }
+        std::thread::spawn(move || log.map_while(Result::ok).for_each(|l| eprintln!("{l}")));
         let via: SocketAddr = (lab.vip4, 8080).into();
         let result =
             lab.client

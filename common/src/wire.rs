@@ -140,6 +140,9 @@ pub struct Handoff {
     /// was zero, so the client resends them once the window opens).
     pub payload_len: u16,
     pub _pad2: u16,
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) when the ACK verified: the start
+    /// of the handoff latency userspace reports.
+    pub ktime_ns: u64,
 }
 
 /// Per-CPU counters, summed by userspace.

@@ -29,8 +29,8 @@ use aya_ebpf::{
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, BPF_F_CURRENT_NETNS,
     },
     helpers::{
-        bpf_sk_release, bpf_skc_lookup_tcp, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
-        bpf_xdp_store_bytes,
+        bpf_ktime_get_ns, bpf_sk_release, bpf_skc_lookup_tcp, bpf_xdp_adjust_tail,
+        bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     macros::{map, xdp},
     maps::{Array, PerCpuArray, ProgramArray, RingBuf},
@@ -617,6 +617,8 @@ fn verify_ack<A: Answer>(ctx: &XdpContext, s: &Seg, addrs: &A, o: &SynOptions) -
         tsecr: o.tsecr,
         payload_len: payload as u16,
         _pad2: 0,
+        // SAFETY: helper without arguments or side effects.
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
     });
     e.submit(0);
     (XDP_DROP, Counter::AckVerified)

@@ -62,6 +62,16 @@ pub struct RunArgs {
     /// On SIGTERM/SIGINT, how long running relays may finish [default: 10].
     #[arg(long)]
     pub grace_secs: Option<u64>,
+    /// Serve Prometheus metrics over HTTP on ADDR:PORT (any path, e.g.
+    /// /metrics); `ackgate stats` reads them [default: off; the example
+    /// config uses 127.0.0.1:9469].
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_metrics)]
+    pub metrics: Option<SocketAddr>,
+    /// Log level: error, warn, info, debug (one line per refused or failed
+    /// flow) or trace; a tracing filter such as `ackgate=debug` also works.
+    /// The ACKGATE_LOG environment variable overrides it [default: info].
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
@@ -89,9 +99,9 @@ pub struct FileConfig {
     pub epoch_secs: Option<u32>,
     pub mss: Option<u16>,
     pub stats_interval_secs: Option<u64>,
-    /// Address for the Prometheus endpoint (reserved: validated, not served
-    /// yet).
+    /// Address for the Prometheus endpoint.
     pub metrics: Option<String>,
+    pub log_level: Option<String>,
     pub limits: Option<Limits>,
 }
 
@@ -119,6 +129,7 @@ pub struct RunConfig {
     pub mss: Option<u16>,
     pub stats_interval: Option<Duration>,
     pub metrics: Option<SocketAddr>,
+    pub log_level: String,
     pub max_connections: usize,
     pub connect_timeout: Duration,
     pub backend_backoff: Duration,
@@ -159,6 +170,16 @@ pub fn parse_backend(s: &str) -> Result<SocketAddr, String> {
         return Err(format!(
             "'{s}': give the backend's address and a port 1-65535"
         ));
+    }
+    Ok(a)
+}
+
+pub fn parse_metrics(s: &str) -> Result<SocketAddr, String> {
+    let a: SocketAddr = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not ADDR:PORT (for example 127.0.0.1:9469)"))?;
+    if a.port() == 0 {
+        return Err(format!("'{s}': port must be 1-65535"));
     }
     Ok(a)
 }
@@ -224,12 +245,24 @@ impl RunConfig {
         } else {
             a.backends.clone()
         };
-        let metrics = match &f.metrics {
-            Some(m) => Some(m.parse().map_err(|_| {
-                ConfigError::Invalid(format!("config metrics: '{m}' is not ADDR:PORT"))
-            })?),
-            None => None,
+        let metrics = match (a.metrics, &f.metrics) {
+            (Some(m), _) => Some(m),
+            (None, Some(m)) => Some(
+                parse_metrics(m)
+                    .map_err(|e| ConfigError::Invalid(format!("config metrics: {e}")))?,
+            ),
+            (None, None) => None,
         };
+        let log_level = a
+            .log_level
+            .clone()
+            .or_else(|| f.log_level.clone())
+            .unwrap_or_else(|| "info".into());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
+            return Err(ConfigError::Invalid(format!(
+                "log level '{log_level}': {e} (use error, warn, info, debug or trace)"
+            )));
+        }
         let epoch_secs = a.epoch_secs.or(f.epoch_secs).unwrap_or(60);
         if !(1..=86_400).contains(&epoch_secs) {
             return Err(ConfigError::Invalid(format!(
@@ -285,6 +318,7 @@ impl RunConfig {
             mss,
             stats_interval: (stats > 0).then(|| Duration::from_secs(stats)),
             metrics,
+            log_level,
             max_connections: max_connections as usize,
             connect_timeout: Duration::from_millis(connect_ms),
             backend_backoff: Duration::from_secs(lim(
@@ -314,6 +348,8 @@ mod tests {
         assert_eq!(c.proxy_protocol, proxyproto::Mode::V2);
         assert_eq!(c.max_connections, 20_000);
         assert_eq!(c.connect_timeout, Duration::from_millis(2000));
+        assert_eq!(c.metrics, Some("127.0.0.1:9469".parse().unwrap()));
+        assert_eq!(c.log_level, "info");
     }
 
     #[test]
@@ -367,5 +403,24 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("mss 100"));
+        let f = FileConfig::parse(
+            "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nmetrics = \"localhost\"\n",
+        )
+        .unwrap();
+        let e = RunConfig::resolve(&RunArgs::default(), &f)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("config metrics") && e.contains("ADDR:PORT"),
+            "{e}"
+        );
+        let f = FileConfig::parse(
+            "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nlog_level = \"loud[\"\n",
+        )
+        .unwrap();
+        let e = RunConfig::resolve(&RunArgs::default(), &f)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("log level 'loud['"), "{e}");
     }
 }

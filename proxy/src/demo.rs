@@ -1,22 +1,79 @@
-//! `ackgate demo`: the README's first command. Builds a lab, protects the
-//! gateway's addresses with the XDP responder, connects real kernel clients
-//! and shows that the SYN-ACKs came from XDP with cookies that verify.
+//! `ackgate demo`: the README's first command. Builds a lab, runs the real
+//! `ackgate run` in the gateway namespace in front of a small HTTP backend,
+//! and shows the whole job: kernel clients served over IPv4 and IPv6 with
+//! cookie SYN-ACKs that verify, a spoofed SYN burst and forged ACKs absorbed
+//! in XDP while a client is still served, and the metrics that saw it all.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
+    os::unix::fs::PermissionsExt as _,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        mpsc, Arc,
+    },
+    time::{Duration, Instant},
+};
 
-use ackgate_common::wire::Counter;
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Context as _, Result};
+use rand::{Rng as _, SeedableRng as _};
 
 use crate::{
-    lab::{self, Lab},
-    responder::{AttachMode, PassProgram, Responder, Settings},
+    lab::{Capture, Lab},
+    packet::{Segment, TCP_ACK},
+    responder::PassProgram,
     secret::{current_epoch, Secret},
+    stats::{render, scrape, summarize, Snapshot},
 };
+
+const METRICS: &str = "127.0.0.1:9469";
+const BACKEND: &str = "127.0.0.1:8080";
+const FLOOD_SYNS: usize = 20_000;
+const FORGED_ACKS: usize = 5_000;
+const BODY: &str = "hello from the backend, through ackgate\n";
+
+/// The `ackgate run` child; killed if the demo fails half-way.
+struct Ackgate {
+    child: Child,
+    log: mpsc::Receiver<String>,
+}
+
+impl Drop for Ackgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Ackgate {
+    fn wait_for(&self, text: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(l) if l.contains(text) => return Ok(()),
+                Ok(l) => seen.push(l),
+                Err(_) => bail!("ackgate did not log '{text}': {}", seen.join("\n")),
+            }
+        }
+    }
+}
+
+/// Removes the demo's secret file however the demo ends.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 pub fn run() -> Result<()> {
     ensure!(
         nix::unistd::geteuid().is_root(),
-        "the demo builds network namespaces: run it as root"
+        "the demo builds network namespaces and loads XDP: run it as root"
     );
     let lab = Lab::new()?;
     println!(
@@ -24,80 +81,251 @@ pub fn run() -> Result<()> {
         lab.client.name, lab.client4, lab.client6, lab.gw.name, lab.vip4, lab.vip6
     );
 
-    let secret = Secret::random();
-    let services: [SocketAddr; 2] = [(lab.vip4, 80).into(), (lab.vip6, 80).into()];
-    let gw_if = lab.gw_if;
-    let s2 = secret.clone();
-    let responder = lab.gw.run(move || -> Result<Responder> {
-        let settings = Settings::for_mtu(lab::mtu(gw_if)?);
-        let mut r = Responder::load()?;
-        for s in services {
-            r.add_service(s)?;
-        }
-        r.install_keys(&s2, current_epoch(60), &settings)?;
-        r.attach(gw_if, AttachMode::Native)?;
-        Ok(r)
-    })??;
-    lab.drop_acks_at_gateway(80)?;
+    // The fleet secret, so the demo can check the cookies itself.
+    let dir = TempDir(std::env::temp_dir().join(crate::lab::unique("ackgate-demo")));
+    std::fs::create_dir(&dir.0)?;
+    let secret = Secret(rand::random());
+    let secret_file = dir.0.join("secret");
+    let hex: String = secret.0.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&secret_file, format!("{hex}\n"))?;
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600))?;
+
+    // The backend: a tiny HTTP server in the gateway namespace that counts
+    // the connections it gets.
+    let listener = lab.gw.run(|| TcpListener::bind(BACKEND))??;
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let backend = {
+        let (stop, accepted) = (stop.clone(), accepted.clone());
+        std::thread::spawn(move || http_backend(listener, &stop, &accepted))
+    };
+    let _stop_backend = StopFlag(stop);
+
     let cif = lab.client_if;
     let _pass = lab.client.run(move || PassProgram::attach(cif))??;
-    println!("ackgate: XDP responder attached to {} (native); protecting {} and {}; no listener in the gateway",
-        lab.gw_if, services[0], services[1]);
 
+    let services: [SocketAddr; 2] = [(lab.vip4, 80).into(), (lab.vip6, 80).into()];
+    let exe = std::env::current_exe().context("locating the ackgate binary")?;
+    let args = [
+        "run".to_string(),
+        "--iface".into(),
+        lab.gw_if.into(),
+        "--listen".into(),
+        services[0].to_string(),
+        "--listen".into(),
+        services[1].to_string(),
+        "--backend".into(),
+        BACKEND.into(),
+        "--secret-file".into(),
+        secret_file.display().to_string(),
+        "--metrics".into(),
+        METRICS.into(),
+        "--stats-interval".into(),
+        "0".into(),
+    ];
+    println!("\nin the gateway: ackgate {}", args.join(" "));
+    let mut cmd: Command = lab.gw.command(exe.to_str().context("binary path")?);
+    cmd.args(&args).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().context("starting ackgate run")?;
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().context("ackgate's log")?;
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let ag = Ackgate { child, log: rx };
+    ag.wait_for("proxy ready", Duration::from_secs(30))?;
+    let metrics: SocketAddr = METRICS.parse()?;
+    let snap = || -> Result<Snapshot> {
+        Ok(Snapshot {
+            at: Instant::now(),
+            samples: lab.gw.run(|| scrape(metrics))??,
+        })
+    };
+    let first = snap()?;
+    println!(
+        "metrics: http://{METRICS}/metrics inside the gateway namespace; while the demo runs:\n  \
+         ip netns exec {ns} curl -s http://{METRICS}/metrics\n  ip netns exec {ns} {exe} stats",
+        ns = lab.gw.name,
+        exe = exe.display()
+    );
+
+    let request = b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n";
     for target in services {
-        let before = responder.counters()?;
-        let hs = match lab.connect(target, Duration::from_secs(3)) {
-            Ok(hs) => hs,
-            Err(e) => {
-                println!("counters: {}", responder.counters()?);
-                return Err(e);
-            }
-        };
-        let after = responder.counters()?.since(&before);
+        let (hs, response) = lab.request(target, Duration::from_secs(3), Some(request))?;
         let p = &hs.synack;
         let verdict = crate::packet::verify_synack(&secret.0, current_epoch(60), p);
+        let response = String::from_utf8_lossy(&response);
         println!(
-            "\nconnect({target}) from the client: ok in {:.0} us",
-            hs.connect_time.as_secs_f64() * 1e6
+            "\nGET http://{target}/ from the client: connected in {:.0} us, {}",
+            hs.connect_time.as_secs_f64() * 1e6,
+            response.lines().next().unwrap_or("no response")
         );
         println!(
-            "  SYN-ACK seq (cookie) {:#010x}, ack {}, window {}, checksums {}",
+            "  SYN-ACK from XDP: seq (cookie) {:#010x}, window {}, checksums {}; mss {:?}, wscale {:?}, sack {}, timestamps {}",
             p.seq,
-            p.ack,
             p.window,
-            if p.ip_checksum_ok && p.tcp_checksum_ok {
-                "valid"
-            } else {
-                "INVALID"
-            }
-        );
-        println!(
-            "  options: mss {:?}, wscale {:?}, sack {}, timestamps {:?}",
+            if p.ip_checksum_ok && p.tcp_checksum_ok { "valid" } else { "INVALID" },
             p.options.mss(),
             p.options.wscale(),
             p.options.sack_ok,
-            p.options.ts()
+            p.options.ts().is_some()
         );
-        match verdict {
+        match &verdict {
             Ok(r) => println!(
-                "  cookie verifies with the secret: mss {} wscale {:?} sack {} ecn {}",
-                r.mss, r.wscale, r.sack, r.ecn
+                "  cookie verifies with the secret and restores the client's mss {}, wscale {:?}, sack {}",
+                r.mss, r.wscale, r.sack
             ),
             Err(e) => println!("  cookie does NOT verify: {e:?}"),
         }
         println!(
-            "  XDP counters for this connect: syn_answered +{}",
-            after.get(Counter::SynAnswered)
+            "  body: {}",
+            response.split("\r\n\r\n").nth(1).unwrap_or("").trim_end()
         );
         ensure!(verdict.is_ok(), "cookie failed to verify");
-        ensure!(
-            after.get(Counter::SynAnswered) >= 1,
-            "the SYN-ACK did not come from XDP"
-        );
+        ensure!(response.ends_with(BODY), "unexpected response: {response}");
     }
-    println!("\ncounters: {}", responder.counters()?);
-    println!("(this stage answers SYNs only: the lab drops the clients' ACKs at the gateway, where\n the kernel has no socket; taking over verified ACKs is the proxy's job)");
-    drop(responder);
-    println!("demo finished; lab removed");
+
+    // The attack: spoofed SYNs and forged ACKs, raw onto the client's veth,
+    // then one more real client.
+    let (cli_mac, gw_mac) = (lab.client.mac(lab.client_if)?, lab.gw.mac(lab.gw_if)?);
+    let vip = lab.vip4;
+    let t0 = Instant::now();
+    lab.client.run(move || -> Result<()> {
+        let tx = Capture::open(cif)?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for i in 0..FLOOD_SYNS + FORGED_ACKS {
+            let src = Ipv4Addr::new(203, 0, 113, rng.gen_range(1..255));
+            let mut s = Segment::syn(
+                src.into(),
+                rng.gen_range(1024..65535),
+                vip.into(),
+                80,
+                rng.gen(),
+                &[2, 4, 5, 0xb4],
+            );
+            if i >= FLOOD_SYNS {
+                s.flags = TCP_ACK;
+                s.ack = rng.gen();
+                s.tcp_options.clear();
+            }
+            s.src_mac = cli_mac;
+            s.dst_mac = gw_mac;
+            tx.send(&s.build())?;
+        }
+        Ok(())
+    })??;
+    let sent_in = t0.elapsed();
+    let (hs, response) = lab.request(services[0], Duration::from_secs(3), Some(request))?;
+    println!(
+        "\nattack: {FLOOD_SYNS} SYNs from spoofed sources and {FORGED_ACKS} forged ACKs in {:.0} ms; \
+         a client right after it connected in {:.0} us and got: {}",
+        sent_in.as_secs_f64() * 1e3,
+        hs.connect_time.as_secs_f64() * 1e6,
+        String::from_utf8_lossy(&response).lines().next().unwrap_or("nothing")
+    );
+    ensure!(
+        String::from_utf8_lossy(&response).ends_with(BODY),
+        "the client after the attack was not served"
+    );
+
+    // XDP counters reach the metrics once a second.
+    let real = 3.0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let last = loop {
+        let s = snap()?;
+        let v = summarize(metrics, &first, &s);
+        let answered = v["xdp"]["syns_answered"]["total"].as_f64().unwrap_or(0.0);
+        let closed = v["proxy"]["connection_duration_seconds"]["count"].as_f64();
+        if answered >= FLOOD_SYNS as f64 + real
+            && v["proxy"]["active_connections"] == 0
+            && closed.is_some()
+        {
+            break s;
+        }
+        ensure!(Instant::now() < deadline, "metrics did not catch up: {v}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let v = summarize(metrics, &first, &last);
+    println!(
+        "\nackgate stats over the demo (rates are per second over {:.1} s):\n",
+        v["interval_secs"].as_f64().unwrap_or(0.0)
+    );
+    print!("{}", render(&v));
+    let total = |p: &serde_json::Value| p["total"].as_f64().unwrap_or(-1.0);
+    ensure!(
+        total(&v["xdp"]["syns_answered"]) == FLOOD_SYNS as f64 + real,
+        "SYNs answered: {}",
+        v["xdp"]["syns_answered"]
+    );
+    ensure!(
+        total(&v["xdp"]["acks_rejected"]) == FORGED_ACKS as f64,
+        "ACKs rejected: {}",
+        v["xdp"]["acks_rejected"]
+    );
+    ensure!(
+        total(&v["proxy"]["handoffs"]) == real,
+        "handoffs: {}",
+        v["proxy"]["handoffs"]
+    );
+    let backend_saw = accepted.load(Relaxed);
+    println!(
+        "\nthe backend accepted {backend_saw} connections: the 3 real clients, none from the {} attack packets",
+        FLOOD_SYNS + FORGED_ACKS
+    );
+    ensure!(
+        backend_saw == real as u64,
+        "backend saw {backend_saw} connections"
+    );
+
+    let mut ag = ag;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(ag.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    ag.wait_for("counters:", Duration::from_secs(15))?;
+    let status = ag.child.wait()?;
+    ensure!(status.success(), "ackgate exited with {status}");
+    drop(ag);
+    drop(_stop_backend);
+    let _ = backend.join();
+    println!("ackgate stopped (XDP detached); demo finished, lab removed");
     Ok(())
+}
+
+struct StopFlag(Arc<AtomicBool>);
+
+impl Drop for StopFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Relaxed);
+    }
+}
+
+/// Answers every request with a short 200 until `stop`.
+fn http_backend(l: TcpListener, stop: &AtomicBool, accepted: &AtomicU64) {
+    let _ = l.set_nonblocking(true);
+    while !stop.load(Relaxed) {
+        match l.accept() {
+            Ok((mut s, _)) => {
+                accepted.fetch_add(1, Relaxed);
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+                    BODY.len()
+                );
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
 }

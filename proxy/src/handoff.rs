@@ -53,6 +53,21 @@ pub enum HandoffError {
     },
 }
 
+impl HandoffError {
+    /// Metric label: `bad_event`; `duplicate` when the flow's socket already
+    /// exists (a retransmitted ACK verified twice); `socket` for any other
+    /// failed step.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HandoffError::Event(_) => "bad_event",
+            HandoffError::Sys { err, .. } if err.raw_os_error() == Some(libc::EADDRINUSE) => {
+                "duplicate"
+            }
+            HandoffError::Sys { .. } => "socket",
+        }
+    }
+}
+
 type Result<T> = std::result::Result<T, HandoffError>;
 
 fn sys(step: &'static str) -> impl FnOnce(std::io::Error) -> HandoffError {
@@ -194,7 +209,7 @@ impl WindowOpener {
             // SAFETY: fd is a fresh descriptor nobody else owns.
             Ok(unsafe { OwnedFd::from_raw_fd(fd) })
         };
-        let v6 = open(libc::AF_INET6, "raw IPv6 socket")?;
+        let v6 = open(libc::AF_INET6, "raw IPv6 socket (needs CAP_NET_RAW)")?;
         // IPPROTO_RAW implies header inclusion for IPv4; IPv6 needs asking.
         setopt(
             &v6,
@@ -204,7 +219,7 @@ impl WindowOpener {
             "IPV6_HDRINCL",
         )?;
         Ok(WindowOpener {
-            v4: open(libc::AF_INET, "raw IPv4 socket")?,
+            v4: open(libc::AF_INET, "raw IPv4 socket (needs CAP_NET_RAW)")?,
             v6,
         })
     }

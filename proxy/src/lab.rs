@@ -69,6 +69,20 @@ impl Netns {
         c
     }
 
+    /// The MAC address of `ifname` in this namespace.
+    pub fn mac(&self, ifname: &str) -> Result<[u8; 6]> {
+        let o = self.exec(&["cat", &format!("/sys/class/net/{ifname}/address")])?;
+        let text = String::from_utf8_lossy(&o.stdout);
+        let v: Vec<u8> = text
+            .trim()
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16))
+            .collect::<std::result::Result<_, _>>()
+            .with_context(|| format!("MAC of {ifname}: '{}'", text.trim()))?;
+        v.try_into()
+            .map_err(|_| anyhow::anyhow!("MAC of {ifname}: '{}'", text.trim()))
+    }
+
     /// Runs `f` on a thread that has entered the namespace, so sockets and
     /// netlink calls it makes live there; the caller's thread is untouched.
     pub fn run<F, R>(&self, f: F) -> Result<R>
@@ -303,11 +317,23 @@ impl Lab {
     /// From the client namespace: a kernel `connect()` to `target`, capturing
     /// the SYN-ACK it got. Fails if the connection is refused or times out.
     pub fn connect(&self, target: std::net::SocketAddr, timeout: Duration) -> Result<Handshake> {
+        Ok(self.request(target, timeout, None)?.0)
+    }
+
+    /// [`Lab::connect`], then (with `request`) sends it, half-closes and
+    /// reads the whole response.
+    pub fn request(
+        &self,
+        target: std::net::SocketAddr,
+        timeout: Duration,
+        request: Option<&[u8]>,
+    ) -> Result<(Handshake, Vec<u8>)> {
+        use std::io::{Read as _, Write as _};
         let ifname = self.client_if;
-        self.client.run(move || -> Result<Handshake> {
+        self.client.run(move || -> Result<(Handshake, Vec<u8>)> {
             let cap = Capture::open(ifname)?;
             let t0 = Instant::now();
-            let stream = std::net::TcpStream::connect_timeout(&target, timeout)
+            let mut stream = std::net::TcpStream::connect_timeout(&target, timeout)
                 .with_context(|| format!("connect to {target}"))?;
             let connect_time = t0.elapsed();
             let local = stream.local_addr()?.port();
@@ -319,11 +345,22 @@ impl Lab {
                 })
                 .context("connect() succeeded but no SYN-ACK was captured")?;
             let synack = crate::packet::parse(&frame).expect("matched above");
-            drop(stream);
-            Ok(Handshake {
-                connect_time,
-                synack,
-            })
+            let mut response = Vec::new();
+            if let Some(req) = request {
+                stream.set_read_timeout(Some(timeout))?;
+                stream.write_all(req)?;
+                stream.shutdown(std::net::Shutdown::Write)?;
+                stream
+                    .read_to_end(&mut response)
+                    .with_context(|| format!("reading the response from {target}"))?;
+            }
+            Ok((
+                Handshake {
+                    connect_time,
+                    synack,
+                },
+                response,
+            ))
         })?
     }
 }

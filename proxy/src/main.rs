@@ -5,6 +5,7 @@ use std::time::Duration;
 use ackgate::{
     config::{FileConfig, RunArgs, RunConfig},
     lab,
+    metrics::{BuildInfo, XdpMetrics, XDP_POLL},
     responder::{AttachMode, Responder, Settings},
     secret::{current_epoch, Secret},
 };
@@ -28,9 +29,14 @@ enum Cmd {
     /// Attach the XDP SYN-cookie responder to an interface (and, with
     /// backends, proxy verified connections) until SIGINT/SIGTERM.
     Run(RunArgs),
-    /// Self-contained demo: builds a two-namespace lab, attaches ackgate,
-    /// connects real kernel clients over IPv4 and IPv6 and verifies the
-    /// cookies they received. Needs root; cleans up after itself.
+    /// Live view of a running ackgate (rates per second, latency
+    /// percentiles, backend health) from its metrics endpoint. One snapshot
+    /// when stdout is not a terminal; `--json` for machines.
+    Stats(ackgate::stats::StatsArgs),
+    /// Self-contained demo: builds a lab of network namespaces, runs ackgate
+    /// in front of a small HTTP backend, sends real kernel clients, a
+    /// spoofed SYN burst and forged ACKs through it, and prints what its
+    /// metrics saw. Needs root; cleans up after itself.
     Demo,
 }
 
@@ -38,6 +44,7 @@ fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Run(a) => run(a),
+        Cmd::Stats(a) => ackgate::stats::run(&a),
         Cmd::Demo => ackgate::demo::run(),
     };
     if let Err(e) = r {
@@ -59,6 +66,15 @@ fn run(a: RunArgs) -> Result<()> {
         None => FileConfig::default(),
     };
     let c = RunConfig::resolve(&a, &file)?;
+    init_logging(&c.log_level)?;
+    if let Some(addr) = c.metrics {
+        let mode = c.mode.map_or("off", |m| match m {
+            AttachMode::Native => "native",
+            AttachMode::Skb => "skb",
+        });
+        ackgate::metrics::install(addr, &BuildInfo::new(mode))?;
+        tracing::info!("metrics on http://{addr}/metrics");
+    }
     let Some(mode) = c.mode else {
         return run_plain(c);
     };
@@ -93,8 +109,8 @@ fn run(a: RunArgs) -> Result<()> {
     r.install_keys(&secret, epoch, &settings)?;
     r.attach(&c.iface, mode)?;
     let services: Vec<String> = c.listen.iter().map(|l| l.to_string()).collect();
-    println!(
-        "ackgate: attached to {} ({mode} XDP); protecting {}; mss {}/{}; epoch {}s",
+    tracing::info!(
+        "attached to {} ({mode} XDP); protecting {}; mss {}/{}; epoch {}s",
         c.iface,
         services.join(", "),
         settings.mss4,
@@ -102,10 +118,12 @@ fn run(a: RunArgs) -> Result<()> {
         c.epoch_secs
     );
 
+    let xdp = XdpMetrics::new(&c.iface);
     let mut last_stats = std::time::Instant::now();
+    let mut last_poll = std::time::Instant::now();
     loop {
         if let Some(sig) = wait_signal(&stop, Duration::from_millis(100))? {
-            println!("ackgate: {sig}, detaching");
+            tracing::info!("{sig}, detaching");
             break;
         }
         r.tick_clock()?;
@@ -113,21 +131,27 @@ fn run(a: RunArgs) -> Result<()> {
         if now != epoch {
             epoch = now;
             r.install_keys(&secret, epoch, &settings)?;
+            tracing::debug!(epoch, "cookie keys rotated");
+        }
+        if last_poll.elapsed() >= XDP_POLL {
+            last_poll = std::time::Instant::now();
+            xdp.publish(&r.counters()?);
         }
         if let Some(every) = c.stats_interval {
             if last_stats.elapsed() >= every {
                 last_stats = std::time::Instant::now();
-                println!("counters: {}", r.counters()?);
+                tracing::info!("counters: {}", r.counters()?);
             }
         }
     }
-    println!("counters: {}", r.counters()?);
+    tracing::info!("counters: {}", r.counters()?);
     drop(r);
     Ok(())
 }
 
 /// With backends: the proxy on a tokio runtime.
 fn run_proxy(c: RunConfig, mode: AttachMode, secret: Secret, settings: Settings) -> Result<()> {
+    let opener = ackgate::handoff::WindowOpener::new()?;
     let mut r = Responder::load()?;
     for l in &c.listen {
         r.add_service(*l)?;
@@ -139,8 +163,8 @@ fn run_proxy(c: RunConfig, mode: AttachMode, secret: Secret, settings: Settings)
     r.attach(&c.iface, mode)?;
     let services: Vec<String> = c.listen.iter().map(|l| l.to_string()).collect();
     let backends: Vec<String> = c.backends.iter().map(|b| b.to_string()).collect();
-    println!(
-        "ackgate: attached to {} ({mode} XDP); proxying {} to {}; proxy protocol {:?}",
+    tracing::info!(
+        "attached to {} ({mode} XDP); proxying {} to {}; proxy protocol {:?}",
         c.iface,
         services.join(", "),
         backends.join(", "),
@@ -150,7 +174,7 @@ fn run_proxy(c: RunConfig, mode: AttachMode, secret: Secret, settings: Settings)
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(ackgate::serve::serve(r, secret, settings, cfg))
+    rt.block_on(ackgate::serve::serve(r, secret, settings, cfg, opener))
 }
 
 /// `--xdp-mode off`: plain listeners (kernel SYN cookies), the same proxy.
@@ -174,6 +198,35 @@ fn proxy_config(c: &RunConfig) -> ackgate::serve::ProxyConfig {
         stats_interval: c.stats_interval,
         epoch_secs: c.epoch_secs,
     }
+}
+
+/// Logs go to stderr (journald takes them under systemd): ACKGATE_LOG if
+/// set, else the configured level. A bare level applies to ackgate's own
+/// logs; libraries (aya's loader is chatty at debug) stay at warn.
+fn init_logging(level: &str) -> Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let directive = |l: &str| {
+        if ["error", "warn", "info", "debug", "trace"].contains(&l.to_ascii_lowercase().as_str()) {
+            format!("warn,ackgate={l}")
+        } else {
+            l.to_string()
+        }
+    };
+    let filter = match std::env::var("ACKGATE_LOG") {
+        Ok(v) if !v.is_empty() => {
+            EnvFilter::try_new(directive(&v)).with_context(|| format!("ACKGATE_LOG='{v}'"))?
+        }
+        _ => {
+            EnvFilter::try_new(directive(level)).with_context(|| format!("log level '{level}'"))?
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    Ok(())
 }
 
 /// Waits up to `timeout` for one of `set`'s (blocked) signals.

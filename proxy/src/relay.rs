@@ -25,7 +25,15 @@ pub struct Moved {
     pub to_client: u64,
 }
 
-pub type RelayFuture = Pin<Box<dyn Future<Output = io::Result<Moved>> + Send>>;
+/// How a relay ended: the bytes moved (also when it failed part-way) and
+/// the error that ended it, if any.
+#[derive(Debug)]
+pub struct Outcome {
+    pub moved: Moved,
+    pub result: io::Result<()>,
+}
+
+pub type RelayFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
 /// A relay engine.
 pub trait Relay: Send + Sync {
@@ -38,13 +46,24 @@ pub struct TokioRelay;
 impl Relay for TokioRelay {
     fn relay(&self, client: StdStream, backend: TcpStream, idle: Duration) -> RelayFuture {
         Box::pin(async move {
-            client.set_nonblocking(true)?;
-            relay(TcpStream::from_std(client)?, backend, idle).await
+            let client = match client
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(client))
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    return Outcome {
+                        moved: Moved::default(),
+                        result: Err(e),
+                    }
+                }
+            };
+            relay(client, backend, idle).await
         })
     }
 }
 
-async fn relay(client: TcpStream, backend: TcpStream, idle: Duration) -> io::Result<Moved> {
+async fn relay(client: TcpStream, backend: TcpStream, idle: Duration) -> Outcome {
     let _ = client.set_nodelay(true);
     let _ = backend.set_nodelay(true);
     let (cr, cw) = client.into_split();
@@ -54,34 +73,45 @@ async fn relay(client: TcpStream, backend: TcpStream, idle: Duration) -> io::Res
     // socket buffers filled (a large echo does exactly that).
     let start = Instant::now();
     let last = AtomicU64::new(0);
-    let both = async { tokio::try_join!(pipe(cr, bw, &last, start), pipe(br, cw, &last, start)) };
-    tokio::select! {
-        r = both => {
-            let (to_backend, to_client) = r?;
-            Ok(Moved { to_backend, to_client })
-        }
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let both = async {
+        tokio::try_join!(
+            pipe(cr, bw, &up, &last, start),
+            pipe(br, cw, &down, &last, start)
+        )
+    };
+    let result = tokio::select! {
+        r = both => r.map(|_| ()),
         _ = watchdog(&last, start, idle) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
+    };
+    Outcome {
+        moved: Moved {
+            to_backend: up.load(Relaxed),
+            to_client: down.load(Relaxed),
+        },
+        result,
     }
 }
 
 /// Copies one direction until EOF, then passes the EOF on as a write
-/// shutdown. Records activity in `last` (milliseconds since `start`).
+/// shutdown. Adds the bytes written to `moved` as they go (so a relay that
+/// fails still reports them) and records activity in `last` (milliseconds
+/// since `start`).
 async fn pipe(
     mut r: OwnedReadHalf,
     mut w: OwnedWriteHalf,
+    moved: &AtomicU64,
     last: &AtomicU64,
     start: Instant,
-) -> io::Result<u64> {
+) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut moved = 0u64;
     loop {
         let n = r.read(&mut buf).await?;
         if n == 0 {
-            w.shutdown().await?;
-            return Ok(moved);
+            return w.shutdown().await;
         }
         w.write_all(&buf[..n]).await?;
-        moved += n as u64;
+        moved.fetch_add(n as u64, Relaxed);
         last.store(start.elapsed().as_millis() as u64, Relaxed);
     }
 }

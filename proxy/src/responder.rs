@@ -148,13 +148,18 @@ pub struct Responder {
 
 /// CLOCK_MONOTONIC in milliseconds (wrapping), the kernel TCP clock's base.
 pub fn monotonic_ms() -> u32 {
+    (monotonic_ns() / 1_000_000) as u32
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
     let mut t = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    (t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000) as u32
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> ResponderError {

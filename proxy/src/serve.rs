@@ -2,13 +2,9 @@
 //! each as a kernel socket, connects it to a backend and relays.
 
 use std::{
-    fmt,
     net::SocketAddr,
-    sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
-        Arc,
-    },
-    time::Duration,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::{Duration, Instant},
 };
 
 use ackgate_common::wire::Handoff;
@@ -22,9 +18,10 @@ use tokio::{
 use crate::{
     backends::Backends,
     handoff::{materialize, Flow, WindowOpener},
+    metrics::{ResetReason, Stats, XdpMetrics, XDP_POLL},
     proxyproto,
-    relay::{reset, Relay, TokioRelay},
-    responder::{Responder, Settings},
+    relay::{reset, Moved, Relay, TokioRelay},
+    responder::{monotonic_ns, Responder, Settings},
     secret::{current_epoch, Secret},
 };
 
@@ -41,38 +38,6 @@ pub struct ProxyConfig {
     pub grace: Duration,
     pub stats_interval: Option<Duration>,
     pub epoch_secs: u32,
-}
-
-/// Userspace counters (the XDP ones live in the maps).
-#[derive(Default)]
-pub struct Stats {
-    pub handoffs: AtomicU64,
-    pub handoff_errors: AtomicU64,
-    pub backend_errors: AtomicU64,
-    pub resets_no_backend: AtomicU64,
-    pub resets_limit: AtomicU64,
-    pub active: AtomicU64,
-    pub closed: AtomicU64,
-    pub bytes_to_backend: AtomicU64,
-    pub bytes_to_client: AtomicU64,
-}
-
-impl fmt::Display for Stats {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "handoffs={} handoff_errors={} backend_errors={} resets_no_backend={} resets_limit={} active={} closed={} bytes_to_backend={} bytes_to_client={}",
-            self.handoffs.load(Relaxed),
-            self.handoff_errors.load(Relaxed),
-            self.backend_errors.load(Relaxed),
-            self.resets_no_backend.load(Relaxed),
-            self.resets_limit.load(Relaxed),
-            self.active.load(Relaxed),
-            self.closed.load(Relaxed),
-            self.bytes_to_backend.load(Relaxed),
-            self.bytes_to_client.load(Relaxed),
-        )
-    }
 }
 
 struct Shared {
@@ -92,7 +57,7 @@ impl Shared {
                 cfg.backend_backoff,
             ),
             relay: Box::new(TokioRelay),
-            stats: Stats::default(),
+            stats: Stats::new(),
             slots: Arc::new(Semaphore::new(cfg.max_connections)),
             cfg,
         })
@@ -100,8 +65,8 @@ impl Shared {
 
     /// Waits for running relays, up to the grace period.
     async fn drain(&self, signame: &str) {
-        println!(
-            "ackgate: {signame}, draining {} connections (grace {:?})",
+        tracing::info!(
+            "{signame}, draining {} connections (grace {:?})",
             self.stats.active.load(Relaxed),
             self.cfg.grace
         );
@@ -130,32 +95,42 @@ pub async fn serve_plain(listen: Vec<SocketAddr>, cfg: ProxyConfig) -> Result<()
                 match l.accept().await {
                     Ok((s, peer)) => match s.into_std() {
                         Ok(s) => {
-                            shared.stats.handoffs.fetch_add(1, Relaxed);
+                            shared.stats.handoff(None);
                             proxy(&shared, s, peer, addr);
                         }
-                        Err(_) => {
-                            shared.stats.handoff_errors.fetch_add(1, Relaxed);
+                        Err(e) => {
+                            tracing::debug!(client = %peer, error = %e, "accepted socket unusable");
+                            shared.stats.handoff_failed("accept");
                         }
                     },
                     // Out of descriptors and the like: back off, keep serving.
-                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    Err(e) => {
+                        tracing::debug!(service = %addr, error = %e, "accept failed");
+                        shared.stats.handoff_failed("accept");
+                        tokio::time::sleep(Duration::from_millis(10)).await
+                    }
                 }
             }
         });
     }
-    println!(
-        "ackgate: listening (no XDP); proxying to {} backends",
+    tracing::info!(
+        "proxy ready (no XDP: kernel SYN cookies); proxying to {} backends",
         shared.cfg.backends.len()
     );
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut last_stats = tokio::time::Instant::now();
+    let mut last_poll = tokio::time::Instant::now();
     let signame = loop {
         tokio::select! {
             _ = tick.tick() => {
+                if last_poll.elapsed() >= XDP_POLL {
+                    last_poll = tokio::time::Instant::now();
+                    shared.backends.refresh_health();
+                }
                 if let Some(every) = shared.cfg.stats_interval {
                     if last_stats.elapsed() >= every {
                         last_stats = tokio::time::Instant::now();
-                        println!("counters: {}", shared.stats);
+                        tracing::info!("counters: {}", shared.stats);
                     }
                 }
             }
@@ -165,17 +140,19 @@ pub async fn serve_plain(listen: Vec<SocketAddr>, cfg: ProxyConfig) -> Result<()
     };
     accepts.abort_all();
     shared.drain(signame).await;
-    println!("counters: {}", shared.stats);
+    tracing::info!("counters: {}", shared.stats);
     Ok(())
 }
 
 /// Runs until SIGTERM/SIGINT, then drains. `r` must be attached, keyed and
-/// have its services; this turns the ACK path on.
+/// have its services; this turns the ACK path on. `opener` is made before
+/// attaching, so a missing CAP_NET_RAW fails before any traffic is taken.
 pub async fn serve(
     mut r: Responder,
     secret: Secret,
     settings: Settings,
     cfg: ProxyConfig,
+    opener: WindowOpener,
 ) -> Result<()> {
     // SAFETY: the ring buffer owns its fd, which stays open for as long as
     // the AsyncFd holds it; nothing else closes it.
@@ -184,15 +161,21 @@ pub async fn serve(
     }
     .map_err(|e| e.into_parts().1)
     .context("watching the handoff ring buffer")?;
-    let opener = WindowOpener::new()?;
     let shared = Shared::new(cfg);
+    let iface = r.attached().map(|(i, _)| i.clone()).unwrap_or_default();
+    let xdp = XdpMetrics::new(&iface);
     r.set_handoff(true)?;
+    tracing::info!(
+        "proxy ready: verified flows go to {} backends",
+        shared.cfg.backends.len()
+    );
     let mut ring = ring;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut epoch = current_epoch(shared.cfg.epoch_secs);
     let mut last_stats = tokio::time::Instant::now();
+    let mut last_poll = tokio::time::Instant::now();
     let signame = loop {
         tokio::select! {
             g = ring.readable_mut() => {
@@ -214,11 +197,17 @@ pub async fn serve(
                 if now != epoch {
                     epoch = now;
                     r.install_keys(&secret, epoch, &settings)?;
+                    tracing::debug!(epoch, "cookie keys rotated");
+                }
+                if last_poll.elapsed() >= XDP_POLL {
+                    last_poll = tokio::time::Instant::now();
+                    xdp.publish(&r.counters()?);
+                    shared.backends.refresh_health();
                 }
                 if let Some(every) = shared.cfg.stats_interval {
                     if last_stats.elapsed() >= every {
                         last_stats = tokio::time::Instant::now();
-                        println!("counters: {} {}", r.counters()?, shared.stats);
+                        tracing::info!("counters: {} {}", r.counters()?, shared.stats);
                     }
                 }
             }
@@ -230,7 +219,9 @@ pub async fn serve(
     // to the kernel, which resets them); running relays get the grace period.
     r.set_handoff(false)?;
     shared.drain(signame).await;
-    println!("counters: {} {}", r.counters()?, shared.stats);
+    let last = r.counters()?;
+    xdp.publish(&last);
+    tracing::info!("counters: {last} {}", shared.stats);
     Ok(())
 }
 
@@ -238,20 +229,25 @@ pub async fn serve(
 fn accept(shared: &Arc<Shared>, e: &Handoff, wscale: u8, opener: &WindowOpener) {
     let flow = match Flow::from_event(e) {
         Ok(f) => f,
-        Err(_) => {
-            shared.stats.handoff_errors.fetch_add(1, Relaxed);
+        Err(err) => {
+            tracing::debug!(error = %err, "handoff event rejected");
+            shared.stats.handoff_failed(err.reason());
             return;
         }
     };
     let client = match materialize(&flow, wscale, opener) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("ackgate: handoff of {} failed: {e}", flow.client);
-            shared.stats.handoff_errors.fetch_add(1, Relaxed);
+        Err(err) => {
+            tracing::debug!(client = %flow.client, service = %flow.service, error = %err, "handoff failed");
+            shared.stats.handoff_failed(err.reason());
             return;
         }
     };
-    shared.stats.handoffs.fetch_add(1, Relaxed);
+    // Both stamps are CLOCK_MONOTONIC; an event from before a clock step
+    // cannot exist, but a zero stamp (old program) must not record 584 years.
+    let latency =
+        (e.ktime_ns != 0).then(|| Duration::from_nanos(monotonic_ns().saturating_sub(e.ktime_ns)));
+    shared.stats.handoff(latency);
     proxy(shared, client, flow.client, flow.service);
 }
 
@@ -259,38 +255,37 @@ fn accept(shared: &Arc<Shared>, e: &Handoff, wscale: u8, opener: &WindowOpener) 
 /// connect a backend and relay on a task, or reset the client at once.
 fn proxy(shared: &Arc<Shared>, client: std::net::TcpStream, peer: SocketAddr, service: SocketAddr) {
     let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
-        shared.stats.resets_limit.fetch_add(1, Relaxed);
+        tracing::debug!(client = %peer, %service, "reset: connection limit");
+        shared.stats.reset(ResetReason::Limit);
         reset(client);
         return;
     };
-    shared.stats.active.fetch_add(1, Relaxed);
+    shared.stats.opened();
+    let start = Instant::now();
     let shared = shared.clone();
     tokio::spawn(async move {
         let _permit = permit;
+        let mut moved = Moved::default();
         match shared.backends.connect().await {
-            Ok((mut backend, _addr)) => {
+            Ok((mut backend, addr)) => {
                 let header = proxyproto::header(shared.cfg.proxy_protocol, peer, service);
                 if header.is_empty() || backend.write_all(&header).await.is_ok() {
-                    if let Ok(m) = shared
+                    let o = shared
                         .relay
                         .relay(client, backend, shared.cfg.idle_timeout)
-                        .await
-                    {
-                        shared
-                            .stats
-                            .bytes_to_backend
-                            .fetch_add(m.to_backend, Relaxed);
-                        shared.stats.bytes_to_client.fetch_add(m.to_client, Relaxed);
+                        .await;
+                    moved = o.moved;
+                    if let Err(e) = o.result {
+                        tracing::debug!(client = %peer, backend = %addr, error = %e, "relay failed");
                     }
                 }
             }
             Err(_) => {
-                shared.stats.backend_errors.fetch_add(1, Relaxed);
-                shared.stats.resets_no_backend.fetch_add(1, Relaxed);
+                tracing::debug!(client = %peer, %service, "reset: no backend accepted");
+                shared.stats.reset(ResetReason::NoBackend);
                 reset(client);
             }
         }
-        shared.stats.active.fetch_sub(1, Relaxed);
-        shared.stats.closed.fetch_add(1, Relaxed);
+        shared.stats.closed(start.elapsed(), moved);
     });
 }

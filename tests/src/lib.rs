@@ -135,11 +135,14 @@ impl Drop for Running {
     }
 }
 
-/// Parses the last `counters: a=1 b=2` line into (name, value) pairs.
+/// Parses the last `counters: a=1 b=2` log line into (name, value) pairs.
 pub fn last_counters(lines: &[String]) -> Option<Vec<(String, u64)>> {
-    let l = lines.iter().rev().find(|l| l.starts_with("counters: "))?;
-    l["counters: ".len()..]
-        .split_whitespace()
+    let l = lines
+        .iter()
+        .rev()
+        .find_map(|l| l.split_once("counters: "))?
+        .1;
+    l.split_whitespace()
         .map(|kv| {
             let (k, v) = kv.split_once('=')?;
             Some((k.to_string(), v.parse().ok()?))

@@ -29,8 +29,8 @@ fn start(lab: &Lab, backend: &str, extra: &[&str]) -> Running {
         backend,
     ];
     args.extend_from_slice(extra);
-    // "ackgate: " also covers `--xdp-mode off`, which prints "listening".
-    run_ackgate_until(lab, &args, "ackgate: ")
+    // Logged by both the XDP proxy and `--xdp-mode off`.
+    run_ackgate_until(lab, &args, "proxy ready")
 }
 
 fn exchange(target: SocketAddr, msg: &[u8]) -> (Vec<u8>, Duration) {
@@ -291,24 +291,6 @@ fn xdp_mode_off_proxies_through_a_plain_listener() {
     });
 }
 
-fn mac_of(ns: &ackgate::lab::Netns, ifname: &str) -> [u8; 6] {
-    let o = ns.exec(&["ip", "-o", "link", "show", ifname]).unwrap();
-    let text = String::from_utf8_lossy(&o.stdout).to_string();
-    let hex = text
-        .split("link/ether ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    let v: Vec<u8> = hex
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    v.try_into().unwrap()
-}
-
 /// 100,000 ACKs with random acknowledgment numbers from random (spoofed)
 /// sources, sent raw onto the client's veth: every one is rejected in XDP,
 /// nothing reaches the proxy or the backend, and nobody answers with a RST.
@@ -343,8 +325,8 @@ fn forged_acks_produce_no_connections_and_no_resets() {
         let _stop = StopOnDrop(&stop);
         let run = start(&lab, "127.0.0.1:9000", &[]);
         let (cli_mac, gw_mac) = (
-            mac_of(&lab.client, lab.client_if),
-            mac_of(&lab.gw, lab.gw_if),
+            lab.client.mac(lab.client_if).unwrap(),
+            lab.gw.mac(lab.gw_if).unwrap(),
         );
         let vip = lab.vip4;
         let rsts = lab

@@ -1,0 +1,442 @@
+//! Prometheus metrics (the `metrics` facade and its Prometheus exporter's
+//! HTTP listener on `--metrics ADDR`).
+//!
+//! The XDP program's per-CPU counters are read once per [`XDP_POLL`] by the
+//! process's own loop and published as absolute counter values, so a scrape
+//! never costs a map read per CPU. Userspace events update handles resolved
+//! once at start-up. Every series is created at start-up with its zero value:
+//! a dashboard sees `0`, not "no data", before the first attack.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    time::Duration,
+};
+
+use ackgate_common::wire::Counter as Xdp;
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Gauge, Histogram, Unit,
+};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
+use thiserror::Error;
+
+use crate::{relay::Moved, responder::Counters};
+
+/// Address `ackgate stats` reads when given none, and the one the example
+/// config serves on.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9469";
+
+/// How often the XDP counters are read and published.
+pub const XDP_POLL: Duration = Duration::from_secs(1);
+
+pub const XDP_SYNS_ANSWERED: &str = "ackgate_xdp_syns_answered_total";
+pub const XDP_ACKS_VERIFIED: &str = "ackgate_xdp_acks_verified_total";
+pub const XDP_ACKS_REJECTED: &str = "ackgate_xdp_acks_rejected_total";
+pub const XDP_DROPPED: &str = "ackgate_xdp_dropped_total";
+pub const XDP_PASSED: &str = "ackgate_xdp_passed_total";
+pub const HANDOFFS: &str = "ackgate_handoffs_total";
+pub const HANDOFF_ERRORS: &str = "ackgate_handoff_errors_total";
+pub const HANDOFF_LATENCY: &str = "ackgate_handoff_latency_seconds";
+pub const BACKEND_CONNECTS: &str = "ackgate_backend_connects_total";
+pub const BACKEND_CONNECT_ERRORS: &str = "ackgate_backend_connect_errors_total";
+pub const BACKEND_CONNECT_LATENCY: &str = "ackgate_backend_connect_latency_seconds";
+pub const BACKEND_UP: &str = "ackgate_backend_up";
+pub const RESETS: &str = "ackgate_resets_total";
+pub const CONNECTIONS_ACTIVE: &str = "ackgate_connections_active";
+pub const CONNECTION_DURATION: &str = "ackgate_connection_duration_seconds";
+pub const RELAYED_BYTES: &str = "ackgate_relayed_bytes_total";
+pub const BUILD_INFO: &str = "ackgate_build_info";
+
+/// Handoff and backend connect latency: 25 us to 10 s.
+const LATENCY_BUCKETS: [f64; 18] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Connection duration: 1 ms to 1 h.
+const DURATION_BUCKETS: [f64; 12] = [
+    0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+/// A label pair; `None` for a counter that is a metric of its own.
+type Label = Option<(&'static str, &'static str)>;
+
+/// XDP counters as (counter, metric, label).
+pub const XDP_SERIES: [(Xdp, &str, Label); 12] = [
+    (Xdp::SynAnswered, XDP_SYNS_ANSWERED, None),
+    (Xdp::AckVerified, XDP_ACKS_VERIFIED, None),
+    (Xdp::AckRejected, XDP_ACKS_REJECTED, None),
+    (
+        Xdp::ProtectedPassed,
+        XDP_PASSED,
+        Some(("traffic", "protected")),
+    ),
+    (Xdp::Passed, XDP_PASSED, Some(("traffic", "other"))),
+    (
+        Xdp::DropMalformed,
+        XDP_DROPPED,
+        Some(("reason", "malformed")),
+    ),
+    (Xdp::DropFragment, XDP_DROPPED, Some(("reason", "fragment"))),
+    (
+        Xdp::DropIpv6Ext,
+        XDP_DROPPED,
+        Some(("reason", "ipv6_ext_header")),
+    ),
+    (
+        Xdp::DropResize,
+        XDP_DROPPED,
+        Some(("reason", "resize_failed")),
+    ),
+    (
+        Xdp::DropNotReady,
+        XDP_DROPPED,
+        Some(("reason", "not_ready")),
+    ),
+    (
+        Xdp::DropRingFull,
+        XDP_DROPPED,
+        Some(("reason", "ring_full")),
+    ),
+    (
+        Xdp::DropRstNoFlow,
+        XDP_DROPPED,
+        Some(("reason", "rst_no_flow")),
+    ),
+];
+
+/// Handoff failure reasons (see `HandoffError::reason`; `accept` is a failed
+/// accept in `--xdp-mode off`).
+pub const HANDOFF_ERROR_REASONS: [&str; 4] = ["bad_event", "duplicate", "socket", "accept"];
+
+/// Why a client got a RST from the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetReason {
+    /// No backend accepted within the connect timeout.
+    NoBackend,
+    /// `max_connections` reached.
+    Limit,
+}
+
+impl ResetReason {
+    pub const ALL: [ResetReason; 2] = [ResetReason::NoBackend, ResetReason::Limit];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ResetReason::NoBackend => "no_backend",
+            ResetReason::Limit => "limit",
+        }
+    }
+}
+
+/// Backend connect failure reasons.
+pub const BACKEND_ERROR_REASONS: [&str; 3] = ["refused", "timeout", "other"];
+
+#[derive(Debug, Error)]
+pub enum MetricsError {
+    #[error("serving metrics on {addr}: {err}")]
+    Install { addr: SocketAddr, err: BuildError },
+}
+
+/// Installs the global recorder and serves `/metrics` on `addr` (any path
+/// answers). Call before building anything that records metrics: handles
+/// resolved before it are no-ops.
+pub fn install(addr: SocketAddr, info: &BuildInfo) -> Result<(), MetricsError> {
+    let err = |err| MetricsError::Install { addr, err };
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Full(HANDOFF_LATENCY.into()), &LATENCY_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(BACKEND_CONNECT_LATENCY.into()),
+                &LATENCY_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(CONNECTION_DURATION.into()), &DURATION_BUCKETS)
+        })
+        .and_then(|b| b.install())
+        .map_err(err)?;
+    describe();
+    gauge!(BUILD_INFO,
+        "version" => info.version, "kernel" => info.kernel.clone(), "xdp_mode" => info.xdp_mode)
+    .set(1.0);
+    Ok(())
+}
+
+/// `ackgate_build_info`'s labels.
+pub struct BuildInfo {
+    pub version: &'static str,
+    pub kernel: String,
+    pub xdp_mode: &'static str,
+}
+
+impl BuildInfo {
+    pub fn new(xdp_mode: &'static str) -> Self {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        BuildInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            kernel,
+            xdp_mode,
+        }
+    }
+}
+
+fn describe() {
+    describe_counter!(
+        XDP_SYNS_ANSWERED,
+        "SYNs to protected services answered with a SYN cookie in XDP."
+    );
+    describe_counter!(
+        XDP_ACKS_VERIFIED,
+        "ACKs whose cookie verified; each is handed to the proxy."
+    );
+    describe_counter!(
+        XDP_ACKS_REJECTED,
+        "ACKs to protected services with no socket and an invalid cookie, dropped."
+    );
+    describe_counter!(
+        XDP_DROPPED,
+        "Packets to protected services dropped in XDP, by reason."
+    );
+    describe_counter!(XDP_PASSED, "Packets XDP passed to the kernel: protected (an established socket exists) or other traffic.");
+    describe_counter!(
+        HANDOFFS,
+        "Verified flows materialized as sockets (accepted connections with --xdp-mode off)."
+    );
+    describe_counter!(
+        HANDOFF_ERRORS,
+        "Verified flows that could not be materialized, by reason."
+    );
+    describe_histogram!(
+        HANDOFF_LATENCY,
+        Unit::Seconds,
+        "From the ACK verifying in XDP to an established socket in the proxy."
+    );
+    describe_counter!(
+        BACKEND_CONNECTS,
+        "Successful backend connects, per backend."
+    );
+    describe_counter!(
+        BACKEND_CONNECT_ERRORS,
+        "Failed backend connects, per backend and reason."
+    );
+    describe_histogram!(
+        BACKEND_CONNECT_LATENCY,
+        Unit::Seconds,
+        "Backend connect time, per backend."
+    );
+    describe_gauge!(
+        BACKEND_UP,
+        "1 if the backend takes connections, 0 while it is in back-off after a failure."
+    );
+    describe_counter!(RESETS, "Clients reset by the proxy, by reason.");
+    describe_gauge!(CONNECTIONS_ACTIVE, "Connections being proxied now.");
+    describe_histogram!(
+        CONNECTION_DURATION,
+        Unit::Seconds,
+        "Proxied connection lifetime, handoff to close."
+    );
+    describe_counter!(
+        RELAYED_BYTES,
+        Unit::Bytes,
+        "Bytes relayed, by direction (to_backend, to_client)."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Constant 1, labelled with version, kernel and XDP mode."
+    );
+}
+
+/// Publishes one interface's XDP counters.
+pub struct XdpMetrics {
+    series: Vec<(Xdp, Counter)>,
+}
+
+impl XdpMetrics {
+    pub fn new(iface: &str) -> Self {
+        let series = XDP_SERIES
+            .iter()
+            .map(|&(c, name, label)| {
+                let h = match label {
+                    Some((k, v)) => counter!(name, "interface" => iface.to_string(), k => v),
+                    None => counter!(name, "interface" => iface.to_string()),
+                };
+                h.absolute(0);
+                (c, h)
+            })
+            .collect();
+        XdpMetrics { series }
+    }
+
+    pub fn publish(&self, c: &Counters) {
+        for (x, h) in &self.series {
+            h.absolute(c.get(*x));
+        }
+    }
+}
+
+/// Userspace counters: atomics for the `counters:` log line, and the
+/// Prometheus series.
+pub struct Stats {
+    pub handoffs: AtomicU64,
+    pub handoff_errors: AtomicU64,
+    pub backend_errors: AtomicU64,
+    pub resets_no_backend: AtomicU64,
+    pub resets_limit: AtomicU64,
+    pub active: AtomicU64,
+    pub closed: AtomicU64,
+    pub bytes_to_backend: AtomicU64,
+    pub bytes_to_client: AtomicU64,
+    m_handoffs: Counter,
+    m_handoff_errors: Vec<(&'static str, Counter)>,
+    m_handoff_latency: Histogram,
+    m_resets: [Counter; 2],
+    m_active: Gauge,
+    m_duration: Histogram,
+    m_to_backend: Counter,
+    m_to_client: Counter,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stats {
+    pub fn new() -> Self {
+        let zero = |c: Counter| {
+            c.absolute(0);
+            c
+        };
+        let m_active = gauge!(CONNECTIONS_ACTIVE);
+        m_active.set(0.0);
+        Stats {
+            handoffs: AtomicU64::new(0),
+            handoff_errors: AtomicU64::new(0),
+            backend_errors: AtomicU64::new(0),
+            resets_no_backend: AtomicU64::new(0),
+            resets_limit: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            bytes_to_backend: AtomicU64::new(0),
+            bytes_to_client: AtomicU64::new(0),
+            m_handoffs: zero(counter!(HANDOFFS)),
+            m_handoff_errors: HANDOFF_ERROR_REASONS
+                .iter()
+                .map(|&r| (r, zero(counter!(HANDOFF_ERRORS, "reason" => r))))
+                .collect(),
+            m_handoff_latency: histogram!(HANDOFF_LATENCY),
+            m_resets: ResetReason::ALL.map(|r| zero(counter!(RESETS, "reason" => r.label()))),
+            m_active,
+            m_duration: histogram!(CONNECTION_DURATION),
+            m_to_backend: zero(counter!(RELAYED_BYTES, "direction" => "to_backend")),
+            m_to_client: zero(counter!(RELAYED_BYTES, "direction" => "to_client")),
+        }
+    }
+
+    /// A flow became a socket; `latency` from the ACK's verification, when
+    /// known.
+    pub fn handoff(&self, latency: Option<Duration>) {
+        self.handoffs.fetch_add(1, Relaxed);
+        self.m_handoffs.increment(1);
+        if let Some(l) = latency {
+            self.m_handoff_latency.record(l.as_secs_f64());
+        }
+    }
+
+    pub fn handoff_failed(&self, reason: &str) {
+        self.handoff_errors.fetch_add(1, Relaxed);
+        if let Some((_, c)) = self.m_handoff_errors.iter().find(|(r, _)| *r == reason) {
+            c.increment(1);
+        }
+    }
+
+    pub fn reset(&self, why: ResetReason) {
+        match why {
+            ResetReason::NoBackend => {
+                self.backend_errors.fetch_add(1, Relaxed);
+                self.resets_no_backend.fetch_add(1, Relaxed)
+            }
+            ResetReason::Limit => self.resets_limit.fetch_add(1, Relaxed),
+        };
+        self.m_resets[why as usize].increment(1);
+    }
+
+    pub fn opened(&self) {
+        let n = self.active.fetch_add(1, Relaxed) + 1;
+        self.m_active.set(n as f64);
+    }
+
+    pub fn closed(&self, lifetime: Duration, moved: Moved) {
+        let n = self.active.fetch_sub(1, Relaxed) - 1;
+        self.m_active.set(n as f64);
+        self.closed.fetch_add(1, Relaxed);
+        self.m_duration.record(lifetime.as_secs_f64());
+        self.bytes_to_backend.fetch_add(moved.to_backend, Relaxed);
+        self.bytes_to_client.fetch_add(moved.to_client, Relaxed);
+        self.m_to_backend.increment(moved.to_backend);
+        self.m_to_client.increment(moved.to_client);
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "handoffs={} handoff_errors={} backend_errors={} resets_no_backend={} resets_limit={} active={} closed={} bytes_to_backend={} bytes_to_client={}",
+            self.handoffs.load(Relaxed),
+            self.handoff_errors.load(Relaxed),
+            self.backend_errors.load(Relaxed),
+            self.resets_no_backend.load(Relaxed),
+            self.resets_limit.load(Relaxed),
+            self.active.load(Relaxed),
+            self.closed.load(Relaxed),
+            self.bytes_to_backend.load(Relaxed),
+            self.bytes_to_client.load(Relaxed),
+        )
+    }
+}
+
+/// One backend's series.
+pub struct BackendMetrics {
+    pub connects: Counter,
+    errors: [Counter; 3],
+    pub latency: Histogram,
+    pub up: Gauge,
+}
+
+impl BackendMetrics {
+    pub fn new(addr: SocketAddr) -> Self {
+        let b = addr.to_string();
+        let connects = counter!(BACKEND_CONNECTS, "backend" => b.clone());
+        connects.absolute(0);
+        let errors = BACKEND_ERROR_REASONS.map(|r| {
+            let c = counter!(BACKEND_CONNECT_ERRORS, "backend" => b.clone(), "reason" => r);
+            c.absolute(0);
+            c
+        });
+        let up = gauge!(BACKEND_UP, "backend" => b.clone());
+        up.set(1.0);
+        BackendMetrics {
+            connects,
+            errors,
+            latency: histogram!(BACKEND_CONNECT_LATENCY, "backend" => b),
+            up,
+        }
+    }
+
+    /// Counts a failed connect; `None` error means the connect timed out.
+    pub fn failed(&self, err: Option<&std::io::Error>) {
+        let i = match err {
+            None => 1,
+            Some(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => 0,
+            Some(_) => 2,
+        };
+        self.errors[i].increment(1);
+    }
+}
