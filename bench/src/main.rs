@@ -6,14 +6,18 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod flood;
 mod handoff;
+mod lab;
+mod report;
+mod scenarios;
 mod xdp;
 
 #[derive(Parser)]
 #[command(
     name = "ackgate-bench",
     version,
-    about = "Benchmarks for ackgate (run as root)"
+    about = "Benchmarks for ackgate (run as root): each scenario builds its own namespace lab, runs ackgate beside the baselines, and writes JSON, Markdown and SVG reports"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -22,9 +26,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Per-packet cost of the XDP SYN path from BPF_PROG_TEST_RUN (live
-    /// frames, so every run answers a fresh SYN), against an XDP_DROP
-    /// program measured the same way.
+    /// SYN-ACKs answered per second on one core and softirq CPU per SYN:
+    /// ackgate vs kernel SYN cookies vs nftables synproxy, under a flood
+    /// from the attacker namespace (plus the generator's own ceiling).
+    Syn(scenarios::SynArgs),
+    /// Legitimate open-loop clients under SYN floods of rising rate: success,
+    /// connect and first-byte latency percentiles, SYN retransmissions;
+    /// ackgate vs kernel SYN cookies vs nftables synproxy.
+    Attack(scenarios::AttackArgs),
+    /// Connections per second through ackgate vs HAProxy vs direct.
+    Conn(scenarios::ConnArgs),
+    /// Relay throughput and CPU per GB through ackgate vs HAProxy vs direct.
+    Bulk(scenarios::BulkArgs),
+    /// Per-packet cost of the XDP SYN, verified-ACK, forged-ACK and pass
+    /// paths from BPF_PROG_TEST_RUN, against an XDP_DROP program measured
+    /// the same way.
     Xdp(xdp::Args),
     /// Connect-to-first-byte through ackgate vs direct (median, p99), and
     /// the rate of completed connections, in a namespace lab.
@@ -44,6 +60,10 @@ pub struct Common {
 fn main() {
     let cli = Cli::parse();
     let r: Result<()> = match cli.cmd {
+        Cmd::Syn(a) => scenarios::syn(a),
+        Cmd::Attack(a) => scenarios::attack(a),
+        Cmd::Conn(a) => scenarios::conn(a),
+        Cmd::Bulk(a) => scenarios::bulk(a),
         Cmd::Xdp(a) => xdp::run(a),
         Cmd::Handoff(a) => handoff::run(a),
     };

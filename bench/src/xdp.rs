@@ -104,6 +104,8 @@ pub fn run(a: Args) -> Result<()> {
         window: 0,
     };
     r.install_keys(&Secret::random(), 1000, &settings)?;
+    // The ACK path runs only with the proxy's handoff on.
+    r.set_handoff(true)?;
 
     let syn4 = Segment::syn(
         Ipv4Addr::new(198, 18, 9, 9).into(),
@@ -132,14 +134,90 @@ pub fn run(a: Args) -> Result<()> {
         &[2, 4, 5, 0xb4],
     )
     .build();
-    let cases: [(&str, bool, &[u8]); 4] = [
-        ("syn_v4_full_options", false, &syn4),
-        ("syn_v4_mss_only", false, &syn4_bare),
-        ("syn_v6_full_options", false, &syn6),
-        ("harness_plus_xdp_drop_v4", true, &syn4),
+    // A verified ACK: the SYN-ACK for syn4, answered. A forged one: the
+    // same with a wrong acknowledgment number. Pass: a port not protected.
+    let mut out = [0u8; 256];
+    let res = r.test_run(&syn4, &mut out)?;
+    let synack = ackgate::packet::parse(&out[..res.data_size_out as usize])
+        .context("parsing the bench SYN-ACK")?;
+    let mut ack = Segment::syn(
+        Ipv4Addr::new(198, 18, 9, 9).into(),
+        40000,
+        vip4.into(),
+        80,
+        12346,
+        &[],
+    );
+    ack.flags = ackgate::packet::TCP_ACK;
+    ack.ack = synack.seq.wrapping_add(1);
+    ack.window = 502;
+    let tsecr = synack.options.ts().map_or(0, |t| t.0).to_be_bytes();
+    ack.tcp_options = [&[1, 1, 8, 10, 0, 0, 0x13, 0x89][..], &tsecr[..]].concat();
+    let ack_ok = ack.build();
+    ack.ack = ack.ack.wrapping_add(0x1000);
+    let ack_forged = ack.build();
+    let mut pass = Segment::syn(
+        Ipv4Addr::new(198, 18, 9, 9).into(),
+        40000,
+        vip4.into(),
+        81,
+        12345,
+        &[],
+    );
+    pass.flags = ackgate::packet::TCP_ACK;
+    let pass = pass.build();
+    // Each verified ACK is a ring-buffer event; a run must fit in the ring.
+    let ring_runs = repeat.min(10_000);
+    // (name, harness in front of XDP_DROP, frame, counter each run must
+    // bump, packets per run)
+    type Spec<'a> = (&'a str, bool, &'a [u8], Option<Counter>, u32);
+    let cases: [Spec; 7] = [
+        (
+            "syn_v4_full_options",
+            false,
+            &syn4,
+            Some(Counter::SynAnswered),
+            repeat,
+        ),
+        (
+            "syn_v4_mss_only",
+            false,
+            &syn4_bare,
+            Some(Counter::SynAnswered),
+            repeat,
+        ),
+        (
+            "syn_v6_full_options",
+            false,
+            &syn6,
+            Some(Counter::SynAnswered),
+            repeat,
+        ),
+        (
+            "ack_v4_forged",
+            false,
+            &ack_forged,
+            Some(Counter::AckRejected),
+            repeat,
+        ),
+        (
+            "ack_v4_verified",
+            false,
+            &ack_ok,
+            Some(Counter::AckVerified),
+            ring_runs,
+        ),
+        (
+            "pass_v4_other_port",
+            false,
+            &pass,
+            Some(Counter::Passed),
+            repeat,
+        ),
+        ("harness_plus_xdp_drop_v4", true, &syn4, None, repeat),
     ];
     let mut results = Vec::new();
-    for (name, baseline, frame) in cases {
+    for (name, baseline, frame, expect, repeat) in cases {
         let mut ns = Vec::with_capacity(runs);
         for _ in 0..runs {
             let before = r.counters()?;
@@ -147,11 +225,19 @@ pub fn run(a: Args) -> Result<()> {
                 .bench_run(baseline, frame, repeat)
                 .with_context(|| format!("{name}: test run"))?;
             let d = r.counters()?.since(&before);
-            if !baseline {
+            if let Some(c) = expect {
                 ensure!(
-                    d.get(Counter::SynAnswered) == repeat as u64,
-                    "{name}: {} of {repeat} runs answered a SYN; the harness did not present fresh SYNs",
-                    d.get(Counter::SynAnswered)
+                    d.get(c) == repeat as u64,
+                    "{name}: {} of {repeat} runs counted {}; the harness did not present the packet it should",
+                    d.get(c),
+                    c.name()
+                );
+            }
+            if expect == Some(Counter::AckVerified) {
+                let n = r.drain_handoffs()?.len();
+                ensure!(
+                    n == repeat as usize,
+                    "{name}: {n} handoff events for {repeat} runs"
                 );
             }
             ns.push(res.duration.as_nanos() as f64);
@@ -171,7 +257,7 @@ pub fn run(a: Args) -> Result<()> {
             max_ns: max,
         });
     }
-    let drop = results[3].median_ns;
+    let drop = results[6].median_ns;
     let report = Report {
         benchmark: "xdp",
         unix_time: SystemTime::now()
@@ -211,7 +297,7 @@ fn write_reports(c: &Common, r: &Report) -> Result<()> {
     std::fs::write(&json, serde_json::to_string_pretty(r)?)?;
     let mut md = String::new();
     md.push_str(&format!(
-        "### XDP SYN path (BPF_PROG_TEST_RUN repeat, fresh SYN every run)\n\nkernel {}, {} ({} CPUs); {} runs x {} packets; median run (min-max), ns per packet, harness included\n\n| case | frame bytes | median ns | min | max |\n|---|---:|---:|---:|---:|\n",
+        "### XDP paths (BPF_PROG_TEST_RUN repeat, the packet restored before every run)\n\nkernel {}, {} ({} CPUs); {} runs x {} packets (verified ACKs: at most 10,000 per run, the ring buffer's room); median run (min-max), ns per packet, harness included\n\n| case | frame bytes | median ns | min | max |\n|---|---:|---:|---:|---:|\n",
         r.kernel, r.cpu, r.nproc, r.runs, r.repeat
     ));
     for k in &r.cases {

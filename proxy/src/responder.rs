@@ -506,9 +506,19 @@ pub struct PassProgram {
 
 impl PassProgram {
     pub fn attach(iface: &str) -> Result<Self> {
+        Self::attach_program(PROG_PASS, iface)
+    }
+
+    /// The `XDP_DROP` program instead: a sink that costs the receiver as
+    /// little as anything can (the bench's generator ceiling).
+    pub fn attach_drop(iface: &str) -> Result<Self> {
+        Self::attach_program(PROG_DROP, iface)
+    }
+
+    fn attach_program(name: &str, iface: &str) -> Result<Self> {
         let mut ebpf = Ebpf::load(OBJECT).map_err(ResponderError::Object)?;
-        load_program(&mut ebpf, PROG_PASS)?;
-        attach_named(&mut ebpf, PROG_PASS, iface, AttachMode::Native)?;
+        load_program(&mut ebpf, name)?;
+        attach_named(&mut ebpf, name, iface, AttachMode::Native)?;
         Ok(PassProgram { _ebpf: ebpf })
     }
 }
