@@ -26,7 +26,8 @@ python3 - "$out/xdp.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 names = {c["name"] for c in r["cases"]}
-want = {"syn_v4_full_options", "syn_v4_mss_only", "syn_v6_full_options", "harness_plus_xdp_drop_v4"}
+want = {"syn_v4_full_options", "syn_v4_mss_only", "syn_v6_full_options", "ack_v4_forged",
+        "ack_v4_verified", "pass_v4_other_port", "harness_plus_xdp_drop_v4"}
 assert want <= names, names
 for c in r["cases"]:
     assert c["median_ns"] > 0 and len(c["runs_ns"]) == r["runs"], c
@@ -42,5 +43,46 @@ for k in ("ttfb_ackgate", "ttfb_direct"):
 assert r["rate_ackgate_per_s"] > 0 and r["rate_direct_per_s"] > 0, r
 print("handoff bench smoke ok")
 PY
+# The lab scenarios, each against its baselines in a fresh namespace lab.
+for s in syn attack conn bulk; do
+  echo "-- ackgate-bench $s --quick"
+  ./target/release/ackgate-bench "$s" --quick --out "$out" >/dev/null
+done
+python3 - "$out" <<'PY'
+import json, os, sys
+d = sys.argv[1]
+def load(n):
+    r = json.load(open(os.path.join(d, n + ".json")))
+    assert r["benchmark"] == n and r["machine"]["kernel"] and r["machine"]["nproc"] > 0, r.get("machine")
+    md = open(os.path.join(d, n + ".md")).read()
+    assert md.startswith("### ") and "|---" in md, md[:200]
+    return r
+def svg(name):
+    t = open(os.path.join(d, name)).read()
+    assert t.startswith("<svg") and t.rstrip().endswith("</svg>"), name
+syn = load("syn")
+assert [t["target"] for t in syn["targets"]] == ["ackgate", "syncookies", "synproxy"], syn["targets"]
+assert syn["generator_ceiling_pps"]["median"] > 0
+for t in syn["targets"]:
+    assert t["answered_per_s"]["median"] > 0 and t["softirq_ns_per_syn"]["median"] > 0, t
+svg("syn.svg")
+att = load("attack")
+pts = {(p["target"], p["flood_pps"]) for p in att["points"]}
+assert pts == {(t, f) for t in ("ackgate", "syncookies", "synproxy") for f in (0, None)}, pts
+for p in att["points"]:
+    assert 0 <= p["success_rate"]["median"] <= 1, p
+    if p["flood_pps"] == 0:
+        assert p["success_rate"]["median"] >= 0.95 and p["connect_p50_ms"]["median"] > 0, p
+    else:
+        assert p["flood_sent_pps"]["median"] > 0, p
+svg("attack_latency.svg"); svg("attack_success.svg")
+for n, key in (("conn", "connections_per_s"), ("bulk", "gbit_per_s")):
+    r = load(n)
+    assert [x["target"] for x in r[key]] == ["ackgate", "haproxy", "direct"], r[key]
+    for x in r[key]:
+        assert x["value"]["median"] > 0 and len(x["value"]["runs"]) == r["runs"], x
+    svg(n + ".svg")
+print("lab bench smokes ok")
+PY
 passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} END{print s+0}')
-echo "summary: $((passed + 2)) passed, 0 failed"
+echo "summary: $((passed + 3)) passed, 0 failed"

@@ -128,6 +128,7 @@ pub fn run(a: Args) -> Result<()> {
             .args(["--backend", &backend.to_string()])
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped());
+        crate::lab::unblock_signals(&mut child);
         let mut child = Kill(child.spawn().context("starting ackgate")?);
         // Its log (stderr) until the program is attached; then the rest is
         // passed through on a thread so the pipe never fills.

@@ -55,9 +55,56 @@ impl Drop for BenchLab {
     }
 }
 
+/// Namespaces and directories of live labs, for [`cleanup_on_signal`].
+static LIVE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// SIGINT/SIGTERM end the bench without unwinding, so drops would not run:
+/// a thread takes those signals instead, kills every process in the labs'
+/// namespaces, deletes the namespaces and directories, and exits 130. Call
+/// before any other thread exists (the signals are blocked for all).
+pub fn cleanup_on_signal() -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()?;
+    std::thread::spawn(move || {
+        let sig = set.wait();
+        eprintln!("ackgate-bench: {sig:?}, removing the lab");
+        for name in LIVE.lock().map(|v| v.clone()).unwrap_or_default() {
+            if let Ok(o) = Command::new("ip").args(["netns", "pids", &name]).output() {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    if let Ok(p) = pid.parse::<i32>() {
+                        let _ =
+                            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), Signal::SIGKILL);
+                    }
+                }
+            }
+            if name.starts_with('/') {
+                let _ = std::fs::remove_dir_all(&name);
+            } else {
+                let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            }
+        }
+        std::process::exit(130);
+    });
+    Ok(())
+}
+
 impl BenchLab {
     pub fn new() -> Result<Self> {
         let stem = unique("b");
+        if let Ok(mut live) = LIVE.lock() {
+            for n in ["atk", "cli", "sw", "px", "be"] {
+                live.push(format!("{stem}-{n}"));
+            }
+            live.push(
+                std::env::temp_dir()
+                    .join(format!("{stem}-bench"))
+                    .display()
+                    .to_string(),
+            );
+        }
         let ns = |n: &str| Netns::new(format!("{stem}-{n}"));
         let (atk, cli, sw, px, be) = (ns("atk")?, ns("cli")?, ns("sw")?, ns("px")?, ns("be")?);
         let dir = std::env::temp_dir().join(format!("{stem}-bench"));
@@ -137,8 +184,24 @@ pub struct Proc {
     log: PathBuf,
 }
 
+/// Children inherit the signal mask through exec: undo
+/// [`cleanup_on_signal`]'s block so they stop on SIGTERM.
+pub fn unblock_signals(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut set);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+}
+
 impl Proc {
     pub fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Result<Self> {
+        unblock_signals(&mut cmd);
         let f = std::fs::File::create(&log)?;
         cmd.stdout(Stdio::from(f.try_clone()?))
             .stderr(Stdio::from(f));

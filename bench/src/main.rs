@@ -59,6 +59,10 @@ pub struct Common {
 
 fn main() {
     let cli = Cli::parse();
+    if let Err(e) = lab::cleanup_on_signal() {
+        eprintln!("ackgate-bench: {e:#}");
+        std::process::exit(1);
+    }
     let r: Result<()> = match cli.cmd {
         Cmd::Syn(a) => scenarios::syn(a),
         Cmd::Attack(a) => scenarios::attack(a),

@@ -672,9 +672,13 @@ impl Answer for V4 {
     }
 }
 
-/// Whether the namespace has a TCP socket for this exact flow (established,
-/// time-wait or request). A listener on the port does not count: it would
-/// answer the ACK with its own cookie check, not ours.
+/// Whether the namespace has a live TCP socket for this exact flow
+/// (established or request). A listener on the port does not count: it
+/// would answer the ACK with its own cookie check, not ours. Nor does a
+/// TIME_WAIT socket: a client that reuses its port while our side of the
+/// previous connection lingers has sent a new SYN, which XDP answered; its
+/// ACK is checked against our cookie (the old connection's own late ACKs
+/// fail that check) instead of stalling in the time-wait socket.
 #[inline(always)]
 fn lookup(ctx: &XdpContext, t: &mut bpf_sock_tuple, size: usize) -> bool {
     // SAFETY: `t` is a valid tuple of `size` bytes; the returned socket is
@@ -685,14 +689,15 @@ fn lookup(ctx: &XdpContext, t: &mut bpf_sock_tuple, size: usize) -> bool {
         if sk.is_null() {
             return false;
         }
-        let listening = (*sk).state == TCP_LISTEN;
+        let state = (*sk).state;
         bpf_sk_release(sk.cast());
-        !listening
+        state != TCP_LISTEN && state != TCP_TIME_WAIT
     }
 }
 
-/// `BPF_TCP_LISTEN` in `bpf_sock::state`.
+/// `BPF_TCP_LISTEN` and `BPF_TCP_TIME_WAIT` in `bpf_sock::state`.
 const TCP_LISTEN: u32 = 10;
+const TCP_TIME_WAIT: u32 = 6;
 
 struct V6(FlowV6);
 

@@ -152,6 +152,7 @@ fn run(a: RunArgs) -> Result<()> {
 /// With backends: the proxy on a tokio runtime.
 fn run_proxy(c: RunConfig, mode: AttachMode, secret: Secret, settings: Settings) -> Result<()> {
     let opener = ackgate::handoff::WindowOpener::new()?;
+    allow_time_wait_reuse()?;
     let mut r = Responder::load()?;
     for l in &c.listen {
         r.add_service(*l)?;
@@ -175,6 +176,24 @@ fn run_proxy(c: RunConfig, mode: AttachMode, secret: Secret, settings: Settings)
         .enable_all()
         .build()?;
     rt.block_on(ackgate::serve::serve(r, secret, settings, cfg, opener))
+}
+
+/// A client may reuse its source port while our side of its previous
+/// connection is in TIME_WAIT (we close first when the backend does). The
+/// kernel lets a listener take such a SYN; for a handed-off flow, the
+/// repair-mode connect may replace the time-wait socket only with
+/// `tcp_tw_reuse=1` (the default, 2, allows it on loopback alone).
+fn allow_time_wait_reuse() -> Result<()> {
+    const P: &str = "/proc/sys/net/ipv4/tcp_tw_reuse";
+    let now = std::fs::read_to_string(P).with_context(|| format!("reading {P}"))?;
+    if now.trim() != "1" {
+        std::fs::write(P, "1").with_context(|| format!("setting {P} to 1"))?;
+        tracing::info!(
+            "net.ipv4.tcp_tw_reuse {} -> 1 (handed-off flows may replace time-wait sockets)",
+            now.trim()
+        );
+    }
+    Ok(())
 }
 
 /// `--xdp-mode off`: plain listeners (kernel SYN cookies), the same proxy.
