@@ -11,8 +11,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Debian packages: LLVM 22 for bpf-linker, network tooling for the lab/tests.
+# haproxy and nftables are the bench's baselines (its --quick runs are part of
+# scripts/test.sh).
 DEB_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev
-          iproute2 iptables python3 nginx-light curl)
+          iproute2 iptables nftables python3 nginx-light haproxy curl)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -24,6 +26,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Tests start their own nginx inside namespaces; not the system service.
   service nginx stop >/dev/null 2>&1 || true
+  service haproxy stop >/dev/null 2>&1 || true
 fi
 
 export PATH="$HOME/.cargo/bin:$PATH"

@@ -400,15 +400,7 @@ pub fn start(lab: &BenchLab, target: Target) -> Result<Running> {
     };
     let mut nft = false;
     let procs = match target {
-        Target::Direct => {
-            return Ok(Running {
-                target,
-                addr: lab.backend(),
-                _procs: vec![],
-                px,
-                nft,
-            })
-        }
+        Target::Direct => vec![],
         Target::Ackgate => {
             let mut cmd = lab.px.command(ackgate_bin()?.to_str().unwrap());
             cmd.args([
@@ -491,18 +483,17 @@ backend b
             cmd.args(["-db", "-f", cfg.to_str().unwrap()]);
             let mut p = Proc::spawn("haproxy", cmd, lab.dir.join("haproxy.log"))?;
             wait_listening(&lab.cli, vip, "haproxy", &mut p)?;
-            return Ok(Running {
-                target,
-                addr: vip,
-                _procs: vec![p],
-                px,
-                nft,
-            });
+            vec![p]
         }
+    };
+    let addr = match target {
+        Target::Haproxy => SocketAddr::new(VIP4.into(), HAPROXY_PORT),
+        Target::Direct => lab.backend(),
+        _ => vip,
     };
     Ok(Running {
         target,
-        addr: vip,
+        addr,
         _procs: procs,
         px,
         nft,
