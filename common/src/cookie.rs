@@ -27,7 +27,7 @@ use crate::siphash::sip24_words;
 /// MSS values an IPv4 cookie can express (index = low 3 cookie bits).
 pub const MSS_V4: [u16; 8] = [536, 1220, 1300, 1360, 1400, 1440, 1460, 8960];
 /// MSS values an IPv6 cookie can express.
-pub const MSS_V6: [u16; 8] = [1220, 1280, 1340, 1380, 1400, 1420, 1440, 8940];
+pub const MSS_V6: [u16; 8] = [536, 1220, 1280, 1380, 1400, 1420, 1440, 8940];
 
 pub const MAC_BITS: u32 = 27;
 pub const EPOCH_BITS: u32 = 2;

@@ -30,7 +30,7 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_ktime_get_ns, bpf_sk_release, bpf_skc_lookup_tcp, bpf_xdp_adjust_tail,
-        bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+        bpf_xdp_get_buff_len, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     macros::{map, xdp},
     maps::{Array, PerCpuArray, ProgramArray, RingBuf},
@@ -67,14 +67,17 @@ const ACK: u8 = 0x10;
 const ECE: u8 = 0x40;
 const CWR: u8 = 0x80;
 
-#[xdp]
+/// Multi-buffer aware (`xdp.frags`), so it attaches to jumbo-MTU links:
+/// headers are always in the first buffer; lengths are checked against
+/// the whole frame.
+#[xdp(frags)]
 pub fn ackgate(ctx: XdpContext) -> u32 {
     process(&ctx)
 }
 
 /// Lets everything through. veth only delivers `XDP_TX` frames to a peer that
 /// has an XDP program of its own, so labs attach this to the far end.
-#[xdp]
+#[xdp(frags)]
 pub fn ackgate_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
@@ -290,8 +293,7 @@ fn ipv4_inner(ctx: &XdpContext, l3: usize) -> Result<u32, Verdict> {
     let Some(tot_len) = load::<u16>(ctx, l3 + 2).map(|v| u16::from_be(v) as usize) else {
         return Err(PASS);
     };
-    let frame_len = ctx.data_end() - ctx.data();
-    if ihl < IPV4_HLEN || tot_len < ihl + TCP_HLEN || l3 + tot_len > frame_len {
+    if ihl < IPV4_HLEN || tot_len < ihl + TCP_HLEN || l3 + tot_len > frame_len(ctx, l3 + tot_len) {
         return Err((XDP_DROP, Counter::DropMalformed));
     }
     let l4 = l3 + ihl;
@@ -347,9 +349,8 @@ fn ipv6_inner(ctx: &XdpContext, l3: usize) -> Result<u32, Verdict> {
         });
     }
     let plen = plen as usize;
-    let frame_len = ctx.data_end() - ctx.data();
     let l4 = l3 + IPV6_HLEN;
-    if plen < TCP_HLEN || l4 + plen > frame_len {
+    if plen < TCP_HLEN || l4 + plen > frame_len(ctx, l4 + plen) {
         return Err((XDP_DROP, Counter::DropMalformed));
     }
     let Some(dport) = load::<u16>(ctx, l4 + 2) else {
@@ -365,6 +366,18 @@ fn ipv6_inner(ctx: &XdpContext, l3: usize) -> Result<u32, Verdict> {
         dport: u16::from_be(dport),
     };
     Ok(tcp(ctx, l3, l4, l4 + plen, &V6(flow)))
+}
+
+/// The frame's length: the linear part, unless `need` lies beyond it, then
+/// the whole multi-buffer frame (a helper call only jumbo frames pay).
+#[inline(always)]
+fn frame_len(ctx: &XdpContext, need: usize) -> usize {
+    let linear = ctx.data_end() - ctx.data();
+    if need <= linear {
+        return linear;
+    }
+    // SAFETY: helper on our own context, no other arguments.
+    unsafe { bpf_xdp_get_buff_len(ctx.ctx) as usize }
 }
 
 #[inline(always)]
@@ -441,6 +454,11 @@ fn tcp_inner<A: Answer>(
         return (XDP_PASS, Counter::ProtectedPassed);
     }
     if flags & (RST | FIN) != 0 {
+        return (XDP_DROP, Counter::DropMalformed);
+    }
+    // A SYN whose payload spills into a second buffer (jumbo frames only)
+    // cannot be rewritten in place into an exact-length SYN-ACK.
+    if seg_end > ctx.data_end() - ctx.data() {
         return (XDP_DROP, Counter::DropMalformed);
     }
     // Options first, then the reply: sequential calls, frames not stacked.

@@ -23,10 +23,15 @@ pub struct RunArgs {
     #[arg(long = "listen", value_name = "ADDR:PORT", value_parser = parse_listen)]
     pub listen: Vec<SocketAddr>,
     /// Backend ADDR:PORT to proxy verified connections to; repeat for
-    /// round-robin. With backends, ackgate verifies ACKs in XDP and owns the
-    /// connections; without, it only answers SYNs.
+    /// round-robin. ackgate verifies ACKs in XDP and owns the connections.
+    /// Required unless --syn-only.
     #[arg(long = "backend", value_name = "ADDR:PORT", value_parser = parse_backend)]
     pub backends: Vec<SocketAddr>,
+    /// Only answer SYNs, with no backends: for benchmarks and labs. No
+    /// kernel listener can accept ackgate's cookies, so in front of a real
+    /// server this takes the service down; hence it must be asked for.
+    #[arg(long, conflicts_with = "backends")]
+    pub syn_only: bool,
     /// File with the 128-bit master secret as 32 hex digits (mode 600).
     /// Instances sharing it accept each other's cookies. Random if omitted.
     #[arg(long, value_name = "FILE")]
@@ -93,6 +98,7 @@ pub struct FileConfig {
     pub iface: Option<String>,
     pub listen: Option<Vec<String>>,
     pub backends: Option<Vec<String>>,
+    pub syn_only: Option<bool>,
     pub secret_file: Option<PathBuf>,
     pub xdp_mode: Option<XdpModeArg>,
     pub proxy_protocol: Option<proxyproto::Mode>,
@@ -121,6 +127,8 @@ pub struct RunConfig {
     pub iface: String,
     pub listen: Vec<SocketAddr>,
     pub backends: Vec<SocketAddr>,
+    /// Answer SYNs only (no backends, ACKs go to the kernel).
+    pub syn_only: bool,
     pub secret_file: Option<PathBuf>,
     /// `None`: `--xdp-mode off`.
     pub mode: Option<AttachMode>,
@@ -245,6 +253,20 @@ impl RunConfig {
         } else {
             a.backends.clone()
         };
+        let syn_only = a.syn_only || f.syn_only.unwrap_or(false);
+        match (syn_only, backends.is_empty()) {
+            (false, true) => return Err(ConfigError::Invalid(
+                "no backend: give --backend ADDR:PORT (or `backends = [...]` in the config file). \
+                     To only answer SYNs, for a benchmark, give --syn-only: no kernel listener can \
+                     accept ackgate's cookies, so without backends it takes a real service down"
+                    .into(),
+            )),
+            (true, false) => return Err(ConfigError::Invalid(
+                "syn_only and backends exclude each other: with --syn-only, ACKs go to the kernel"
+                    .into(),
+            )),
+            _ => {}
+        }
         let metrics = match (a.metrics, &f.metrics) {
             (Some(m), _) => Some(m),
             (None, Some(m)) => Some(
@@ -300,7 +322,7 @@ impl RunConfig {
         let mode = match a.xdp_mode.or(f.xdp_mode).unwrap_or(XdpModeArg::Native) {
             XdpModeArg::Native => Some(AttachMode::Native),
             XdpModeArg::Skb => Some(AttachMode::Skb),
-            XdpModeArg::Off if backends.is_empty() => {
+            XdpModeArg::Off if syn_only => {
                 return Err(ConfigError::Invalid(
                     "--xdp-mode off needs --backend: without XDP, ackgate is only a proxy".into(),
                 ))
@@ -311,6 +333,7 @@ impl RunConfig {
             iface,
             listen,
             backends,
+            syn_only,
             secret_file: a.secret_file.clone().or_else(|| f.secret_file.clone()),
             mode,
             proxy_protocol: a.proxy_protocol.or(f.proxy_protocol).unwrap_or_default(),
@@ -355,7 +378,7 @@ mod tests {
     #[test]
     fn flags_override_the_file_and_defaults_fill_the_rest() {
         let f = FileConfig::parse(
-            "iface = \"eth0\"\nlisten = [\"192.0.2.1:80\"]\n[limits]\ngrace_secs = 3\n",
+            "iface = \"eth0\"\nlisten = [\"192.0.2.1:80\"]\nsyn_only = true\n[limits]\ngrace_secs = 3\n",
         )
         .unwrap();
         let a = RunArgs {
@@ -379,32 +402,37 @@ mod tests {
         assert!(e.contains("unknown field `max_conns`"), "{e}");
         let e = FileConfig::parse("xdp_mode = \"turbo\"\n").unwrap_err();
         assert!(e.contains("turbo"), "{e}");
-        let f = FileConfig::parse("iface = \"eth0\"\nlisten = [\"192.0.2.1:80\", \"::1:80\"]\n")
-            .unwrap();
+        let f = FileConfig::parse(
+            "iface = \"eth0\"\nlisten = [\"192.0.2.1:80\", \"::1:80\"]\nsyn_only = true\n",
+        )
+        .unwrap();
         let e = RunConfig::resolve(&RunArgs::default(), &f)
             .unwrap_err()
             .to_string();
         assert!(e.contains("listen[1]") && e.contains("brackets"), "{e}");
-        let f = FileConfig::parse("listen = [\"192.0.2.1:80\"]\n").unwrap();
+        let f = FileConfig::parse("listen = [\"192.0.2.1:80\"]\nsyn_only = true\n").unwrap();
         let e = RunConfig::resolve(&RunArgs::default(), &f)
             .unwrap_err()
             .to_string();
         assert!(e.contains("no interface"), "{e}");
-        let f =
-            FileConfig::parse("iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nxdp_mode = \"off\"\n")
-                .unwrap();
+        let f = FileConfig::parse(
+            "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nsyn_only = true\nxdp_mode = \"off\"\n",
+        )
+        .unwrap();
         assert!(RunConfig::resolve(&RunArgs::default(), &f)
             .unwrap_err()
             .to_string()
             .contains("needs --backend"));
-        let f =
-            FileConfig::parse("iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nmss = 100\n").unwrap();
+        let f = FileConfig::parse(
+            "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nsyn_only = true\nmss = 100\n",
+        )
+        .unwrap();
         assert!(RunConfig::resolve(&RunArgs::default(), &f)
             .unwrap_err()
             .to_string()
             .contains("mss 100"));
         let f = FileConfig::parse(
-            "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nmetrics = \"localhost\"\n",
+            "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nsyn_only = true\nmetrics = \"localhost\"\n",
         )
         .unwrap();
         let e = RunConfig::resolve(&RunArgs::default(), &f)
@@ -415,12 +443,34 @@ mod tests {
             "{e}"
         );
         let f = FileConfig::parse(
-            "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nlog_level = \"loud[\"\n",
+            "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nsyn_only = true\nlog_level = \"loud[\"\n",
         )
         .unwrap();
         let e = RunConfig::resolve(&RunArgs::default(), &f)
             .unwrap_err()
             .to_string();
         assert!(e.contains("log level 'loud['"), "{e}");
+    }
+
+    #[test]
+    fn syn_only_is_an_explicit_choice() {
+        let f = FileConfig::parse("iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\n").unwrap();
+        let e = RunConfig::resolve(&RunArgs::default(), &f)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no backend") && e.contains("--syn-only"), "{e}");
+        let a = RunArgs {
+            syn_only: true,
+            ..Default::default()
+        };
+        assert!(RunConfig::resolve(&a, &f).unwrap().syn_only);
+        let f = FileConfig::parse(
+            "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nbackends = [\"127.0.0.1:9\"]\nsyn_only = true\n",
+        )
+        .unwrap();
+        let e = RunConfig::resolve(&RunArgs::default(), &f)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exclude each other"), "{e}");
     }
 }

@@ -55,12 +55,16 @@ pub enum HandoffError {
 
 impl HandoffError {
     /// Metric label: `bad_event`; `duplicate` when the flow's socket already
-    /// exists (a retransmitted ACK verified twice); `socket` for any other
-    /// failed step.
+    /// exists (an ACK or probe verified again before the first handoff made
+    /// the socket); `socket` for any other failed step.
     pub fn reason(&self) -> &'static str {
         match self {
             HandoffError::Event(_) => "bad_event",
-            HandoffError::Sys { err, .. } if err.raw_os_error() == Some(libc::EADDRINUSE) => {
+            // Binding succeeds (repair mode forces address reuse); it is the
+            // repair-mode connect() that finds the 4-tuple taken.
+            HandoffError::Sys { step, err }
+                if *step == STEP_CONNECT && err.raw_os_error() == Some(libc::EADDRNOTAVAIL) =>
+            {
                 "duplicate"
             }
             HandoffError::Sys { .. } => "socket",
@@ -69,6 +73,8 @@ impl HandoffError {
 }
 
 type Result<T> = std::result::Result<T, HandoffError>;
+
+const STEP_CONNECT: &str = "connect in repair mode";
 
 fn sys(step: &'static str) -> impl FnOnce(std::io::Error) -> HandoffError {
     move |source| HandoffError::Sys { step, err: source }
@@ -321,6 +327,17 @@ pub fn materialize(flow: &Flow, our_wscale: u8, opener: &WindowOpener) -> Result
         &flow.client_isn.wrapping_add(1),
         "receive sequence",
     )?;
+    // The MSS the handshake negotiated, before connect(): repair-mode
+    // connect() syncs the socket's MSS cache from the clamp it finds, and
+    // without a user MSS that is the 536-byte default (first flights would
+    // go out in 524-byte segments until the client's window grows).
+    setopt(
+        &fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_MAXSEG,
+        &(flow.mss as i32),
+        "TCP_MAXSEG",
+    )?;
     let (cs, clen) = sockaddr(&flow.client);
     // SAFETY: valid address of the length passed. In repair mode connect()
     // sends nothing: the socket becomes established.
@@ -332,23 +349,24 @@ pub fn materialize(flow: &Flow, our_wscale: u8, opener: &WindowOpener) -> Result
         )
     } != 0
     {
-        return Err(sys("connect in repair mode")(
-            std::io::Error::last_os_error(),
-        ));
+        return Err(sys(STEP_CONNECT)(std::io::Error::last_os_error()));
     }
     let mut opts = vec![RepairOpt {
         code: TCPOPT_MSS,
         val: flow.mss as u32,
     }];
-    let rcv_wscale = if let Some(ws) = flow.client_wscale {
-        opts.push(RepairOpt {
-            code: TCPOPT_WINDOW,
-            val: ws as u32 | ((our_wscale as u32) << 16),
-        });
-        our_wscale
-    } else {
-        0
+    // Window scaling is always stated, also when it was not negotiated
+    // (both shifts 0): repair-mode connect() picked a receive shift of its
+    // own, and left in place it would divide every window we advertise
+    // while the client reads them unscaled.
+    let (snd_wscale, rcv_wscale) = match flow.client_wscale {
+        Some(ws) => (ws, our_wscale),
+        None => (0, 0),
     };
+    opts.push(RepairOpt {
+        code: TCPOPT_WINDOW,
+        val: snd_wscale as u32 | ((rcv_wscale as u32) << 16),
+    });
     if flow.sack {
         opts.push(RepairOpt {
             code: TCPOPT_SACK_PERM,

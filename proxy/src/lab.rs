@@ -14,6 +14,8 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
+pub mod transfer;
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A unique name stem for this process: `ag<pid>x<n>`.

@@ -25,6 +25,7 @@ fn start(lab: &Lab, mode: &str, key: &std::path::Path, port: u16) -> Running {
         mode,
         "--stats-interval",
         "0",
+        "--syn-only",
     ])
     .args(["--listen", &format!("{}:{port}", lab.vip4)])
     .args(["--listen", &format!("[{}]:{port}", lab.vip6)])
@@ -117,7 +118,14 @@ fn ackgate(args: &[&str]) -> (i32, String) {
 #[test]
 fn bad_input_gives_one_clear_error() {
     require_root();
-    let (code, text) = ackgate(&["run", "--iface", "nosuch0", "--listen", "198.18.0.1:80"]);
+    let (code, text) = ackgate(&[
+        "run",
+        "--iface",
+        "nosuch0",
+        "--listen",
+        "198.18.0.1:80",
+        "--syn-only",
+    ]);
     assert_eq!(code, 1);
     assert_eq!(text.trim(), "ackgate: no such interface: nosuch0");
 
@@ -130,6 +138,7 @@ fn bad_input_gives_one_clear_error() {
         "lo",
         "--listen",
         "127.0.0.1:80",
+        "--syn-only",
         "--secret-file",
         bad.to_str().unwrap(),
     ]);
@@ -144,7 +153,14 @@ fn bad_input_gives_one_clear_error() {
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(ackgate_bin())
-        .args(["run", "--iface", "lo", "--listen", "127.0.0.1:80"])
+        .args([
+            "run",
+            "--iface",
+            "lo",
+            "--listen",
+            "127.0.0.1:80",
+            "--syn-only",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
@@ -154,6 +170,13 @@ fn bad_input_gives_one_clear_error() {
         "{text}"
     );
 
+    // No backend and no --syn-only: refused, with the reason.
+    let (code, text) = ackgate(&["run", "--iface", "lo", "--listen", "127.0.0.1:80"]);
+    assert_eq!(code, 1);
+    assert!(
+        text.contains("no backend") && text.contains("--syn-only") && text.lines().count() == 1,
+        "{text}"
+    );
     let (code, text) = ackgate(&["run", "--iface", "lo", "--listen", "::1:80"]);
     assert_eq!(code, 2, "clap usage error");
     assert!(text.contains("IPv6 addresses go in brackets"), "{text}");
