@@ -102,6 +102,7 @@ pub fn run(a: Args) -> Result<()> {
         mss6: 1440,
         wscale: 7,
         window: 0,
+        ts_max_age_ms: ackgate::responder::DEFAULT_TS_MAX_AGE_MS,
     };
     r.install_keys(&Secret::random(), 1000, &settings)?;
     // The ACK path runs only with the proxy's handoff on.

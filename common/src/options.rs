@@ -345,7 +345,7 @@ fn read_u32<R: FnMut(usize) -> Option<u8>>(read: &mut R, at: usize) -> Option<u3
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SynAckOptions {
     pub words: [u32; 5],
-    /// Number of words used (1, 4 or 5).
+    /// Number of words used (1-5); the unused ones are zero.
     pub len: usize,
 }
 
@@ -393,6 +393,26 @@ pub fn synack(mss: u16, ts: bool, tsval: u32, tsecr: u32, sack: bool, wscale: u8
             o.words[4] =
                 ((KIND_NOP as u32) << 24) | ((KIND_WSCALE as u32) << 16) | (3 << 8) | wscale as u32;
             o.len = 5;
+        }
+    } else {
+        // Linux's layout without timestamps: NOP NOP SACK-permitted, then
+        // NOP window-scale.
+        let sack_w = ((KIND_NOP as u32) << 24)
+            | ((KIND_NOP as u32) << 16)
+            | ((KIND_SACK_PERM as u32) << 8)
+            | 2;
+        let ws_w =
+            ((KIND_NOP as u32) << 24) | ((KIND_WSCALE as u32) << 16) | (3 << 8) | wscale as u32;
+        if sack {
+            o.words[1] = sack_w;
+            o.len = 2;
+            if wscale != NO_WSCALE {
+                o.words[2] = ws_w;
+                o.len = 3;
+            }
+        } else if wscale != NO_WSCALE {
+            o.words[1] = ws_w;
+            o.len = 2;
         }
     }
     o

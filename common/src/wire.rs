@@ -86,11 +86,18 @@ pub struct Config {
     pub ready: u8,
     /// Window in the SYN-ACK (unscaled, as windows in SYNs always are).
     pub window: u16,
-    /// Millisecond clock (CLOCK_MONOTONIC) for SYN-ACK TSvals, refreshed by
-    /// userspace every tick: coarse, but the SYN path needs no helper call.
+    /// Millisecond clock for SYN-ACK TSvals and their freshness check: unix
+    /// time in ms (wrapping), so a fleet agrees; refreshed by userspace every
+    /// tick: coarse, but the packet paths need no helper call.
     pub clock_ms: u32,
     /// `FLAG_*` bits.
     pub flags: u32,
+    /// Oldest SYN-ACK (by its echoed TSval) whose ACK is still accepted.
+    pub ts_max_age_ms: u32,
+    /// The interface's own MAC: only unicast frames to it are answered. All
+    /// zero: not checked (test harnesses; `attach` always sets it).
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// `Config::flags`: verify ACKs for flows with no kernel socket and hand the
@@ -173,9 +180,19 @@ pub enum Counter {
     DropRingFull = 10,
     /// RSTs for flows with no socket (nothing to reset): dropped.
     DropRstNoFlow = 11,
+    /// SYN+ACKs for flows with no socket: dropped, never answered with a RST
+    /// (that would reflect a spoofed SYN-ACK flood at its claimed source).
+    DropSynAckNoFlow = 12,
+    /// Frames to a protected service not addressed to the interface's own
+    /// unicast MAC, or from a multicast source MAC: never answered.
+    DropNotUnicast = 13,
+    /// SYNs from martian sources (unspecified, loopback, multicast,
+    /// broadcast, class E, link-local to a global address, the protected
+    /// address itself): never answered.
+    DropMartian = 14,
 }
 
-pub const COUNTERS: usize = 12;
+pub const COUNTERS: usize = 15;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS] = [
@@ -191,6 +208,9 @@ impl Counter {
         Counter::AckRejected,
         Counter::DropRingFull,
         Counter::DropRstNoFlow,
+        Counter::DropSynAckNoFlow,
+        Counter::DropNotUnicast,
+        Counter::DropMartian,
     ];
 
     /// Stable snake_case name (used in output and, later, metric labels).
@@ -208,6 +228,9 @@ impl Counter {
             Counter::AckRejected => "ack_rejected",
             Counter::DropRingFull => "drop_ring_full",
             Counter::DropRstNoFlow => "drop_rst_no_flow",
+            Counter::DropSynAckNoFlow => "drop_synack_no_flow",
+            Counter::DropNotUnicast => "drop_not_unicast",
+            Counter::DropMartian => "drop_martian",
         }
     }
 }

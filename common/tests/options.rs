@@ -53,8 +53,21 @@ fn forty_nops_terminate() {
 
 #[test]
 fn synack_layouts() {
-    let o = options::synack(1460, false, 0, 0, true, 7);
+    let o = options::synack(1460, false, 0, 0, false, options::NO_WSCALE);
     assert_eq!(o.bytes().0[..o.bytes().1], [2, 4, 5, 0xb4]);
+    // Without timestamps, Linux's layout: NOP NOP SACK-permitted, NOP WS.
+    let o = options::synack(1460, false, 0, 0, true, 7);
+    assert_eq!(
+        o.bytes().0[..o.bytes().1],
+        [2, 4, 5, 0xb4, 1, 1, 4, 2, 1, 3, 3, 7]
+    );
+    let o = options::synack(1460, false, 0, 0, false, 9);
+    assert_eq!(o.bytes().0[..o.bytes().1], [2, 4, 5, 0xb4, 1, 3, 3, 9]);
+    assert_eq!(
+        (o.words[2], o.words[3], o.words[4]),
+        (0, 0, 0),
+        "unused words zero"
+    );
     let o = options::synack(1460, true, 0x01020304, 0x05060708, true, 7);
     let (b, n) = o.bytes();
     assert_eq!(

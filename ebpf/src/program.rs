@@ -179,9 +179,11 @@ fn store<T: Copy>(ctx: &XdpContext, off: usize, v: T) -> Option<()> {
 
 #[inline(always)]
 fn process(ctx: &XdpContext) -> u32 {
-    let Some(mut proto) = load::<u16>(ctx, 12).map(u16::from_be) else {
+    let Some(eth) = load::<[u16; 7]>(ctx, 0) else {
         return finish(PASS);
     };
+    let macs = mac_word(&eth);
+    let mut proto = u16::from_be(eth[6]);
     let mut l3 = ETH_HLEN;
     // Up to two VLAN tags (802.1Q, 802.1ad), unrolled.
     if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
@@ -199,8 +201,8 @@ fn process(ctx: &XdpContext) -> u32 {
         }
     }
     match proto {
-        ETH_P_IP => ipv4(ctx, l3),
-        ETH_P_IPV6 => ipv6(ctx, l3),
+        ETH_P_IP => ipv4(ctx, l3, macs),
+        ETH_P_IPV6 => ipv6(ctx, l3, macs),
         _ => finish(PASS),
     }
 }
@@ -251,8 +253,8 @@ fn port_protected(bit: u32, port_be: u16) -> bool {
 
 // Separate BPF functions per family keep each one's stack under 512 bytes.
 #[inline(never)]
-fn ipv4(ctx: &XdpContext, l3: usize) -> u32 {
-    match ipv4_inner(ctx, l3) {
+fn ipv4(ctx: &XdpContext, l3: usize, macs: u64) -> u32 {
+    match ipv4_inner(ctx, l3, macs) {
         Ok(action) => action,
         Err(v) => finish(v),
     }
@@ -261,7 +263,7 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> u32 {
 /// `Ok` once `tcp` has taken (and counted) the packet; `Err` with the
 /// verdict otherwise.
 #[inline(always)]
-fn ipv4_inner(ctx: &XdpContext, l3: usize) -> Result<u32, Verdict> {
+fn ipv4_inner(ctx: &XdpContext, l3: usize, macs: u64) -> Result<u32, Verdict> {
     let Some(vihl) = load::<u8>(ctx, l3) else {
         return Err(PASS);
     };
@@ -297,31 +299,40 @@ fn ipv4_inner(ctx: &XdpContext, l3: usize) -> Result<u32, Verdict> {
         return Err((XDP_DROP, Counter::DropMalformed));
     }
     let l4 = l3 + ihl;
-    let Some(dport) = load::<u16>(ctx, l4 + 2) else {
+    // Both ports in one load: network order, source first in memory.
+    let Some(ports) = load::<u32>(ctx, l4) else {
         return Err((XDP_DROP, Counter::DropMalformed));
     };
+    let (sport, dport) = (ports as u16, (ports >> 16) as u16);
     if !port_protected(bit, dport) {
         return Err(PASS);
     }
     let flow = FlowV4 {
         saddr: u32::from_be(saddr),
         daddr: u32::from_be(daddr),
-        sport: 0,
+        sport: u16::from_be(sport),
         dport: u16::from_be(dport),
     };
-    Ok(tcp(ctx, l3, l4, l3 + tot_len, &V4(flow, saddr, daddr)))
+    Ok(tcp(
+        ctx,
+        l3,
+        l4,
+        l3 + tot_len,
+        macs,
+        &V4(flow, saddr, daddr),
+    ))
 }
 
 #[inline(never)]
-fn ipv6(ctx: &XdpContext, l3: usize) -> u32 {
-    match ipv6_inner(ctx, l3) {
+fn ipv6(ctx: &XdpContext, l3: usize, macs: u64) -> u32 {
+    match ipv6_inner(ctx, l3, macs) {
         Ok(action) => action,
         Err(v) => finish(v),
     }
 }
 
 #[inline(always)]
-fn ipv6_inner(ctx: &XdpContext, l3: usize) -> Result<u32, Verdict> {
+fn ipv6_inner(ctx: &XdpContext, l3: usize, macs: u64) -> Result<u32, Verdict> {
     let Some(h) = ptr_at::<[u32; 10]>(ctx, l3) else {
         return Err(PASS);
     };
@@ -353,19 +364,21 @@ fn ipv6_inner(ctx: &XdpContext, l3: usize) -> Result<u32, Verdict> {
     if plen < TCP_HLEN || l4 + plen > frame_len(ctx, l4 + plen) {
         return Err((XDP_DROP, Counter::DropMalformed));
     }
-    let Some(dport) = load::<u16>(ctx, l4 + 2) else {
+    // Both ports in one load: network order, source first in memory.
+    let Some(ports) = load::<u32>(ctx, l4) else {
         return Err((XDP_DROP, Counter::DropMalformed));
     };
+    let (sport, dport) = (ports as u16, (ports >> 16) as u16);
     if !port_protected(bit, dport) {
         return Err(PASS);
     }
     let flow = FlowV6 {
         saddr: halves(&saddr),
         daddr: halves(&daddr),
-        sport: 0,
+        sport: u16::from_be(sport),
         dport: u16::from_be(dport),
     };
-    Ok(tcp(ctx, l3, l4, l4 + plen, &V6(flow)))
+    Ok(tcp(ctx, l3, l4, l4 + plen, macs, &V6(flow)))
 }
 
 /// The frame's length: the linear part, unless `need` lies beyond it, then
@@ -395,8 +408,15 @@ fn halves(a: &[u32; 4]) -> [u64; 2] {
 /// TCP to a protected service: header checks, then the SYN or ACK path,
 /// each a BPF function of its own so their frames never stack.
 #[inline(always)]
-fn tcp<A: Answer>(ctx: &XdpContext, l3: usize, l4: usize, seg_end: usize, addrs: &A) -> u32 {
-    finish(tcp_inner(ctx, l3, l4, seg_end, addrs))
+fn tcp<A: Answer>(
+    ctx: &XdpContext,
+    l3: usize,
+    l4: usize,
+    seg_end: usize,
+    macs: u64,
+    addrs: &A,
+) -> u32 {
+    finish(tcp_inner(ctx, l3, l4, seg_end, macs, addrs))
 }
 
 #[inline(always)]
@@ -405,6 +425,7 @@ fn tcp_inner<A: Answer>(
     l3: usize,
     l4: usize,
     seg_end: usize,
+    macs: u64,
     addrs: &A,
 ) -> Verdict {
     let Some(t) = ptr_at::<[u32; 5]>(ctx, l4) else {
@@ -431,6 +452,7 @@ fn tcp_inner<A: Answer>(
         ack: u32::from_be(t[2]),
         window: w3 as u16,
         sport,
+        macs,
     };
     if flags & SYN == 0 {
         // ACKs, data, FINs, RSTs: with handoff on, those of flows the kernel
@@ -440,18 +462,41 @@ fn tcp_inner<A: Answer>(
                 // Two calls in sequence, not nested: their frames never stack.
                 let mut o = SynOptions::default();
                 match ack_prepare(ctx, &seg, addrs, &mut o) {
-                    ACK_CONTINUE => verify_ack(ctx, &seg, addrs, &o),
+                    code @ (ACK_CONTINUE | ACK_CONTINUE_TIME_WAIT) => {
+                        // One call, with the same arguments either way: the
+                        // verifier walks a static function once per distinct
+                        // caller state. What fails the check goes to the
+                        // TIME_WAIT socket if the flow has one.
+                        match verify_ack(ctx, &seg, addrs, &o) {
+                            (XDP_DROP, Counter::AckRejected) if code == ACK_CONTINUE_TIME_WAIT => {
+                                (XDP_PASS, Counter::ProtectedPassed)
+                            }
+                            v => v,
+                        }
+                    }
                     ACK_SOCKET => (XDP_PASS, Counter::ProtectedPassed),
                     ACK_RST => (XDP_DROP, Counter::DropRstNoFlow),
+                    ACK_NOT_UNICAST => (XDP_DROP, Counter::DropNotUnicast),
+                    ACK_NO_ACK_FLAG => (XDP_DROP, Counter::AckRejected),
                     _ => (XDP_DROP, Counter::DropMalformed),
                 }
             }
             _ => (XDP_PASS, Counter::ProtectedPassed),
         };
     }
+    // A SYN for a connection the kernel holds (a client that lost its state
+    // and reuses the port) is the kernel's: it answers with a challenge ACK
+    // (RFC 5961) and the client recovers; a cookie would stall it. So is a
+    // SYN-ACK for one of its own connects; any other SYN-ACK is dropped, so
+    // a spoofed SYN-ACK flood is neither answered with RSTs nor costs the
+    // stack.
+    let live = sock_state(ctx, addrs) == SOCK_LIVE;
     if flags & ACK != 0 {
-        // A SYN-ACK to the service: not ours to answer.
-        return (XDP_PASS, Counter::ProtectedPassed);
+        return if live {
+            (XDP_PASS, Counter::ProtectedPassed)
+        } else {
+            (XDP_DROP, Counter::DropSynAckNoFlow)
+        };
     }
     if flags & (RST | FIN) != 0 {
         return (XDP_DROP, Counter::DropMalformed);
@@ -461,12 +506,62 @@ fn tcp_inner<A: Answer>(
     if seg_end > ctx.data_end() - ctx.data() {
         return (XDP_DROP, Counter::DropMalformed);
     }
+    if !unicast_to_us(seg.macs) {
+        return (XDP_DROP, Counter::DropNotUnicast);
+    }
+    if addrs.martian() {
+        return (XDP_DROP, Counter::DropMartian);
+    }
+    if live {
+        return (XDP_PASS, Counter::ProtectedPassed);
+    }
     // Options first, then the reply: sequential calls, frames not stacked.
     let mut o = SynOptions::default();
     if !read_options(ctx, &seg, &mut o) {
         return (XDP_DROP, Counter::DropMalformed);
     }
     syn(ctx, &seg, addrs, &o)
+}
+
+/// The frame's destination MAC (bytes in memory order, byte 0 lowest) and,
+/// at bit 48, the source MAC's group bit: what `unicast_to_us` needs, taken
+/// from the Ethernet header loaded once.
+#[inline(always)]
+fn mac_word(eth: &[u16; 7]) -> u64 {
+    // The group bit is the first byte's lowest: the low byte of a
+    // little-endian u16 load.
+    let src_group = (eth[3] & 0x01) as u64;
+    eth[0] as u64 | (eth[1] as u64) << 16 | (eth[2] as u64) << 32 | src_group << 48
+}
+
+/// Whether the frame came to this interface's own unicast MAC from a
+/// unicast source: the only frames ackgate answers or hands off.
+#[inline(always)]
+fn unicast_to_us(macs: u64) -> bool {
+    const DST: u64 = 0xffff_ffff_ffff;
+    if macs & (1 << 48) != 0 || macs & 0x01 != 0 {
+        return false;
+    }
+    let Some(cfg) = CONFIG.get(0) else {
+        return false;
+    };
+    let m = cfg.mac;
+    let own = u64::from_le_bytes([m[0], m[1], m[2], m[3], m[4], m[5], 0, 0]);
+    own == 0 || own == macs & DST
+}
+
+/// No kernel socket for the flow.
+const SOCK_NONE: u32 = 0;
+/// A live socket (established, request, or one of our own connects).
+const SOCK_LIVE: u32 = 1;
+/// Only a TIME_WAIT socket.
+const SOCK_TIME_WAIT: u32 = 2;
+
+/// The kernel's socket for the packet's flow, as `SOCK_*`. Its own BPF
+/// function: the lookup tuple gets a frame of its own.
+#[inline(never)]
+fn sock_state<A: Answer>(ctx: &XdpContext, addrs: &A) -> u32 {
+    addrs.sock_state(ctx)
 }
 
 /// The segment's options: the fast layouts inline, anything else through
@@ -514,11 +609,12 @@ fn syn<A: Answer>(ctx: &XdpContext, s: &Seg, addrs: &A, o: &SynOptions) -> Verdi
 /// Per-family SYN-ACK construction.
 trait Answer {
     fn answer(&self, r: &Reply, ctx: &XdpContext, l3: usize) -> Verdict;
-    /// Whether the kernel has a socket (listening or established) for the
-    /// packet's 4-tuple.
-    fn has_socket(&self, ctx: &XdpContext, sport_be: u16) -> bool;
-    /// Cookie check for this flow.
-    fn check(&self, sport_be: u16, key: &Key, epoch: u32, cookie: u32, isn: u32, opts: u8) -> bool;
+    /// The kernel's socket for the packet's 4-tuple, as `SOCK_*`.
+    fn sock_state(&self, ctx: &XdpContext) -> u32;
+    /// Cookie check for this flow: the TSval offset if valid.
+    fn check(&self, key: &Key, epoch: u32, cookie: u32, isn: u32, opts: u8) -> Option<u32>;
+    /// Whether the source can never open a connection (see `DropMartian`).
+    fn martian(&self) -> bool;
     /// Addresses and family for a handoff event.
     fn addrs(&self) -> ([u32; 4], [u32; 4], u8);
     /// The family's MSS table.
@@ -538,47 +634,76 @@ struct Seg {
     window: u16,
     /// Network order.
     sport: u16,
+    /// See `mac_word`.
+    macs: u64,
 }
 
 /// The ACK path for a flow with no kernel socket, first half: socket lookup,
 /// RST, options. Then `verify_ack`: a valid cookie becomes a `Handoff`
 /// event and the segment is consumed (the kernel would answer it with a
 /// RST); anything else is dropped silently, never answered.
+///
+/// A flow whose only socket is in TIME_WAIT is checked too (a client that
+/// reuses its port has sent a new SYN, which XDP answered), but what fails
+/// the check goes to the kernel's time-wait handling (a retransmitted FIN
+/// must be re-ACKed) instead of being dropped as forged.
 #[inline(never)]
 fn ack_prepare<A: Answer>(ctx: &XdpContext, s: &Seg, addrs: &A, o: &mut SynOptions) -> u32 {
-    if addrs.has_socket(ctx, s.sport) {
+    let state = addrs.sock_state(ctx);
+    if state == SOCK_LIVE {
         return ACK_SOCKET;
     }
-    if s.flags & RST != 0 {
-        return ACK_RST;
+    let tw = state == SOCK_TIME_WAIT;
+    if s.flags & RST != 0 || s.flags & ACK == 0 {
+        if tw {
+            return ACK_SOCKET;
+        }
+        // Nothing to reset; and without the ACK flag the acknowledgment
+        // field means nothing, so such a segment never completes a handshake.
+        return if s.flags & RST != 0 {
+            ACK_RST
+        } else {
+            ACK_NO_ACK_FLAG
+        };
+    }
+    if !unicast_to_us(s.macs) {
+        return ACK_NOT_UNICAST;
     }
     if !read_options(ctx, s, o) {
         return ACK_MALFORMED;
     }
-    ACK_CONTINUE
+    if tw {
+        ACK_CONTINUE_TIME_WAIT
+    } else {
+        ACK_CONTINUE
+    }
 }
 
 const ACK_CONTINUE: u32 = 0;
 const ACK_SOCKET: u32 = 1;
 const ACK_RST: u32 = 2;
 const ACK_MALFORMED: u32 = 3;
+const ACK_CONTINUE_TIME_WAIT: u32 = 4;
+const ACK_NOT_UNICAST: u32 = 5;
+const ACK_NO_ACK_FLAG: u32 = 6;
 
 /// Cookie check and handoff event, in a frame of its own.
 #[inline(never)]
 fn verify_ack<A: Answer>(ctx: &XdpContext, s: &Seg, addrs: &A, o: &SynOptions) -> Verdict {
-    let opts = if o.has_ts {
-        (o.tsecr & cookie::TS_OPT_MASK) as u8
-    } else {
-        cookie::OPTS_NO_TIMESTAMPS
-    };
+    let reject = (XDP_DROP, Counter::AckRejected);
     let c = s.ack.wrapping_sub(1);
+    let opts = if o.has_ts {
+        cookie::ack_option_bits(c, Some(o.tsecr))
+    } else {
+        cookie::ack_option_bits(c, None)
+    };
     let bits = cookie::epoch_bits(c);
     // Slot `e % 4` holds epoch `e`'s key; only e-1, e, e+1 are valid.
     let Some(slot) = KEYS.get(bits as u32) else {
-        return (XDP_DROP, Counter::AckRejected);
+        return reject;
     };
     if slot.valid == 0 || (slot.epoch % KEY_SLOTS) as u8 != bits {
-        return (XDP_DROP, Counter::AckRejected);
+        return reject;
     }
     let key = Key {
         k0: slot.k0,
@@ -588,14 +713,29 @@ fn verify_ack<A: Answer>(ctx: &XdpContext, s: &Seg, addrs: &A, o: &SynOptions) -
     let payload = s.seg_end - s.l4 - s.thlen;
     let mut isn = s.seq.wrapping_sub(1);
     let mut hf = 0u8;
-    if !addrs.check(s.sport, &key, epoch, c, isn, opts) {
+    let ts_offset = match addrs.check(&key, epoch, c, isn, opts) {
+        Some(off) => off,
         // With the SYN-ACK's zero window, a client whose first ACK was lost
         // sends zero-window probes, which carry seq = ISN.
-        if payload != 0 || !addrs.check(s.sport, &key, epoch, c, s.seq, opts) {
-            return (XDP_DROP, Counter::AckRejected);
+        None if payload == 0 => match addrs.check(&key, epoch, c, s.seq, opts) {
+            Some(off) => {
+                isn = s.seq;
+                hf |= HF_PROBE;
+                off
+            }
+            None => return reject,
+        },
+        None => return reject,
+    };
+    // The echoed TSval dates the SYN-ACK: older than the cookie lifetime is
+    // a replay, however valid its MAC.
+    if o.has_ts {
+        let Some(cfg) = CONFIG.get(0) else {
+            return reject;
+        };
+        if !cookie::fresh(o.tsecr, ts_offset, cfg.clock_ms, cfg.ts_max_age_ms) {
+            return reject;
         }
-        isn = s.seq;
-        hf |= HF_PROBE;
     }
     let Some(mut e) = HANDOFF.reserve::<Handoff>(0) else {
         return (XDP_DROP, Counter::DropRingFull);
@@ -618,26 +758,34 @@ fn verify_ack<A: Answer>(ctx: &XdpContext, s: &Seg, addrs: &A, o: &SynOptions) -
         Some(d) => d,
         None => 0,
     };
-    e.write(Handoff {
-        saddr,
-        daddr,
-        sport_be: s.sport,
-        dport_be,
-        family,
-        wscale: r.wscale,
-        flags: hf,
-        _pad: 0,
-        client_isn: isn,
-        cookie: c,
-        mss: addrs.mss(cookie::mss_bits(c)),
-        window: s.window,
-        tsval: o.tsval,
-        tsecr: o.tsecr,
-        payload_len: payload as u16,
-        _pad2: 0,
-        // SAFETY: helper without arguments or side effects.
-        ktime_ns: unsafe { bpf_ktime_get_ns() },
-    });
+    let mss = addrs.mss(cookie::mss_bits(c));
+    // SAFETY: helper without arguments or side effects.
+    let ktime_ns = unsafe { bpf_ktime_get_ns() };
+    // Field by field into the reserved record: building a `Handoff` first
+    // would cost its 72 bytes of this frame's stack, and the ACK path's
+    // call chain is near the 512-byte limit.
+    let h = e.as_mut_ptr();
+    // SAFETY: `h` points to the reserved, exclusively owned record; every
+    // field is written before `submit`.
+    unsafe {
+        (*h).saddr = saddr;
+        (*h).daddr = daddr;
+        (*h).sport_be = s.sport;
+        (*h).dport_be = dport_be;
+        (*h).family = family;
+        (*h).wscale = r.wscale;
+        (*h).flags = hf;
+        (*h)._pad = 0;
+        (*h).client_isn = isn;
+        (*h).cookie = c;
+        (*h).mss = mss;
+        (*h).window = s.window;
+        (*h).tsval = o.tsval;
+        (*h).tsecr = o.tsecr;
+        (*h).payload_len = payload as u16;
+        (*h)._pad2 = 0;
+        (*h).ktime_ns = ktime_ns;
+    }
     e.submit(0);
     (XDP_DROP, Counter::AckVerified)
 }
@@ -648,19 +796,17 @@ struct V4(FlowV4, u32, u32);
 impl Answer for V4 {
     #[inline(always)]
     fn answer(&self, r: &Reply, ctx: &XdpContext, l3: usize) -> Verdict {
-        let mut flow = self.0;
-        flow.sport = u16::from_be(r.sport);
-        r.v4(ctx, l3, &flow, self.1, self.2)
+        r.v4(ctx, l3, &self.0, self.1, self.2)
     }
 
     #[inline(always)]
-    fn has_socket(&self, ctx: &XdpContext, sport_be: u16) -> bool {
+    fn sock_state(&self, ctx: &XdpContext) -> u32 {
         let mut t = bpf_sock_tuple {
             __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
                 ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
                     saddr: self.1,
                     daddr: self.2,
-                    sport: sport_be,
+                    sport: self.0.sport.to_be(),
                     dport: self.0.dport.to_be(),
                 },
             },
@@ -673,10 +819,16 @@ impl Answer for V4 {
     }
 
     #[inline(always)]
-    fn check(&self, sport_be: u16, key: &Key, epoch: u32, cookie: u32, isn: u32, opts: u8) -> bool {
-        let mut flow = self.0;
-        flow.sport = u16::from_be(sport_be);
-        cookie::check(&flow, key, epoch, cookie, isn, opts)
+    fn check(&self, key: &Key, epoch: u32, cookie: u32, isn: u32, opts: u8) -> Option<u32> {
+        cookie::check_offset(&self.0, key, epoch, cookie, isn, opts)
+    }
+
+    #[inline(always)]
+    fn martian(&self) -> bool {
+        // 0/8, 127/8, multicast 224/4, class E 240/4 and broadcast, or
+        // the protected address itself.
+        let first = (self.0.saddr >> 24) as u8;
+        first == 0 || first == 127 || first >= 224 || self.0.saddr == self.0.daddr
     }
 
     #[inline(always)]
@@ -690,26 +842,29 @@ impl Answer for V4 {
     }
 }
 
-/// Whether the namespace has a live TCP socket for this exact flow
-/// (established or request). A listener on the port does not count: it
-/// would answer the ACK with its own cookie check, not ours. Nor does a
-/// TIME_WAIT socket: a client that reuses its port while our side of the
-/// previous connection lingers has sent a new SYN, which XDP answered; its
-/// ACK is checked against our cookie (the old connection's own late ACKs
-/// fail that check) instead of stalling in the time-wait socket.
+/// The namespace's TCP socket for this exact flow, as `SOCK_*`: live
+/// (established, request, connecting) or only TIME_WAIT. A listener on the
+/// port does not count: it would answer the ACK with its own cookie check,
+/// not ours.
 #[inline(always)]
-fn lookup(ctx: &XdpContext, t: &mut bpf_sock_tuple, size: usize) -> bool {
+fn lookup(ctx: &XdpContext, t: &mut bpf_sock_tuple, size: usize) -> u32 {
     // SAFETY: `t` is a valid tuple of `size` bytes; the returned socket is
     // read and released before this function returns, as the verifier
     // requires.
     unsafe {
         let sk = bpf_skc_lookup_tcp(ctx.as_ptr(), t, size as u32, BPF_F_CURRENT_NETNS as u64, 0);
         if sk.is_null() {
-            return false;
+            return SOCK_NONE;
         }
         let state = (*sk).state;
         bpf_sk_release(sk.cast());
-        state != TCP_LISTEN && state != TCP_TIME_WAIT
+        if state == TCP_LISTEN {
+            SOCK_NONE
+        } else if state == TCP_TIME_WAIT {
+            SOCK_TIME_WAIT
+        } else {
+            SOCK_LIVE
+        }
     }
 }
 
@@ -722,20 +877,18 @@ struct V6(FlowV6);
 impl Answer for V6 {
     #[inline(always)]
     fn answer(&self, r: &Reply, ctx: &XdpContext, l3: usize) -> Verdict {
-        let mut flow = self.0;
-        flow.sport = u16::from_be(r.sport);
-        r.v6(ctx, l3, &flow)
+        r.v6(ctx, l3, &self.0)
     }
 
     #[inline(always)]
-    fn has_socket(&self, ctx: &XdpContext, sport_be: u16) -> bool {
+    fn sock_state(&self, ctx: &XdpContext) -> u32 {
         let (saddr, daddr, _) = self.addrs();
         let mut t = bpf_sock_tuple {
             __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
                 ipv6: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
                     saddr,
                     daddr,
-                    sport: sport_be,
+                    sport: self.0.sport.to_be(),
                     dport: self.0.dport.to_be(),
                 },
             },
@@ -748,10 +901,23 @@ impl Answer for V6 {
     }
 
     #[inline(always)]
-    fn check(&self, sport_be: u16, key: &Key, epoch: u32, cookie: u32, isn: u32, opts: u8) -> bool {
-        let mut flow = self.0;
-        flow.sport = u16::from_be(sport_be);
-        cookie::check(&flow, key, epoch, cookie, isn, opts)
+    fn check(&self, key: &Key, epoch: u32, cookie: u32, isn: u32, opts: u8) -> Option<u32> {
+        cookie::check_offset(&self.0, key, epoch, cookie, isn, opts)
+    }
+
+    #[inline(always)]
+    fn martian(&self) -> bool {
+        let s = &self.0.saddr;
+        let d = &self.0.daddr;
+        // ::, ::1, multicast ff00::/8, link-local fe80::/10 to a non
+        // link-local address, or the protected address itself.
+        let unspecified_or_loopback = s[0] == 0 && s[1] <= 1;
+        let multicast = (s[0] >> 56) == 0xff;
+        let link_local = |a: u64| (a >> 54) == 0x3fa;
+        unspecified_or_loopback
+            || multicast
+            || (link_local(s[0]) && !link_local(d[0]))
+            || (s[0] == d[0] && s[1] == d[1])
     }
 
     #[inline(always)]
@@ -923,28 +1089,28 @@ impl Reply<'_> {
         let mss = F::MSS_TABLE[(idx & 7) as usize];
         if o.has_ts {
             let bits = cookie::option_bits(o.wscale, o.sack_ok, self.ecn);
-            let now_ms = self.cfg.clock_ms;
-            let our_ts = cookie::encode_tsval(now_ms, bits);
-            let c = cookie::make(flow, &self.key, self.epoch, self.isn, idx, bits);
+            let m = cookie::mint(flow, &self.key, self.epoch, self.isn, idx, bits);
+            let our_ts = cookie::encode_tsval(self.cfg.clock_ms, m.ts_offset, bits);
             let ws = if o.wscale == NO_WSCALE {
                 NO_WSCALE
             } else {
                 self.cfg.wscale
             };
             (
-                c,
+                m.cookie,
                 options::synack(mss, true, our_ts, o.tsval, o.sack_ok, ws),
             )
         } else {
-            let c = cookie::make(
-                flow,
-                &self.key,
-                self.epoch,
-                self.isn,
-                idx,
-                cookie::OPTS_NO_TIMESTAMPS,
-            );
-            (c, options::synack(mss, false, 0, 0, false, NO_WSCALE))
+            // The cookie keeps SACK and the client's shift (if encodable);
+            // scaling is offered only when it does, so both sides agree.
+            let bits = cookie::option_bits_no_ts(o.wscale, o.sack_ok);
+            let c = cookie::make(flow, &self.key, self.epoch, self.isn, idx, bits);
+            let ws = if cookie::no_ts_keeps_wscale(bits) {
+                self.cfg.wscale
+            } else {
+                NO_WSCALE
+            };
+            (c, options::synack(mss, false, 0, 0, o.sack_ok, ws))
         }
     }
 
@@ -1043,15 +1209,12 @@ impl Reply<'_> {
         sum = checksum::add32(sum, ack);
         sum = checksum::add32(sum, doff_flags);
         let w = &o.words;
+        // Unused option words are zero: summing all five is exact.
         sum = checksum::add32(sum, w[0]);
-        if o.len > 1 {
-            sum = checksum::add32(sum, w[1]);
-            sum = checksum::add32(sum, w[2]);
-            sum = checksum::add32(sum, w[3]);
-            if o.len > 4 {
-                sum = checksum::add32(sum, w[4]);
-            }
-        }
+        sum = checksum::add32(sum, w[1]);
+        sum = checksum::add32(sum, w[2]);
+        sum = checksum::add32(sum, w[3]);
+        sum = checksum::add32(sum, w[4]);
         let csum = checksum::finish(sum);
         let hdr = [
             ports.to_be(),
@@ -1063,12 +1226,16 @@ impl Reply<'_> {
         let mut ok =
             store::<[u32; 5]>(ctx, l4, hdr).and_then(|_| store::<u32>(ctx, l4 + 20, w[0].to_be()));
         if o.len > 1 {
-            ok = ok.and_then(|_| {
-                store::<[u32; 3]>(ctx, l4 + 24, [w[1].to_be(), w[2].to_be(), w[3].to_be()])
-            });
-            if o.len > 4 {
-                ok = ok.and_then(|_| store::<u32>(ctx, l4 + 36, w[4].to_be()));
-            }
+            ok = ok.and_then(|_| store::<u32>(ctx, l4 + 24, w[1].to_be()));
+        }
+        if o.len > 2 {
+            ok = ok.and_then(|_| store::<u32>(ctx, l4 + 28, w[2].to_be()));
+        }
+        if o.len > 3 {
+            ok = ok.and_then(|_| store::<u32>(ctx, l4 + 32, w[3].to_be()));
+        }
+        if o.len > 4 {
+            ok = ok.and_then(|_| store::<u32>(ctx, l4 + 36, w[4].to_be()));
         }
         match ok {
             Some(()) => (XDP_TX, Counter::SynAnswered),

@@ -16,12 +16,13 @@ use std::{
 };
 
 use ackgate_common::{
+    cookie::TS_OPT_MASK,
     options::NO_WSCALE,
     wire::{Handoff, HF_PROBE, HF_SACK, HF_TIMESTAMPS},
 };
 use thiserror::Error;
 
-use crate::{packet::Segment, responder::monotonic_ms};
+use crate::packet::Segment;
 
 /// A verified flow, decoded from a [`Handoff`] event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -392,15 +393,11 @@ pub fn materialize(flow: &Flow, our_wscale: u8, opener: &WindowOpener) -> Result
     if r != 0 {
         return Err(sys("TCP_REPAIR_OPTIONS")(std::io::Error::last_os_error()));
     }
-    // Our TSval clock continues from the SYN-ACK's, never backwards (PAWS).
+    // Our TSval clock continues from the SYN-ACK's, never backwards (PAWS):
+    // the SYN-ACK's TSval had its low bits replaced by option bits, so start
+    // one option field above it.
     let ts_start = if flow.timestamps {
-        let now = monotonic_ms();
-        let floor = flow.synack_tsval.wrapping_add(1);
-        let ts = if (now.wrapping_sub(floor) as i32) > 0 {
-            now
-        } else {
-            floor
-        };
+        let ts = flow.synack_tsval.wrapping_add(TS_OPT_MASK + 1);
         setopt(
             &fd,
             libc::IPPROTO_TCP,

@@ -195,31 +195,7 @@ impl Lab {
     }
 }
 
-/// MTU of `iface` in the calling thread's namespace.
-pub fn mtu(iface: &str) -> Result<u32> {
-    let sock = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Datagram,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    // SAFETY: zeroed ifreq with a NUL-terminated name; SIOCGIFMTU fills ifru_mtu.
-    unsafe {
-        let mut req: libc::ifreq = std::mem::zeroed();
-        if iface.len() >= req.ifr_name.len() {
-            bail!("interface name too long: {iface}");
-        }
-        for (d, s) in req.ifr_name.iter_mut().zip(iface.bytes()) {
-            *d = s as libc::c_char;
-        }
-        use std::os::fd::AsRawFd as _;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("reading MTU of {iface}"));
-        }
-        Ok(req.ifr_ifru.ifru_mtu as u32)
-    }
-}
+pub use crate::netdev::mtu;
 
 /// An AF_PACKET socket seeing every frame on one interface.
 pub struct Capture {

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod handoff;
 pub mod lab;
 pub mod metrics;
+pub mod netdev;
 pub mod packet;
 pub mod proxyproto;
 pub mod relay;

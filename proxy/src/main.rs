@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use ackgate::{
     config::{FileConfig, RunArgs, RunConfig},
-    lab,
     metrics::{BuildInfo, XdpMetrics, XDP_POLL},
     responder::{AttachMode, Responder, Settings},
     secret::{current_epoch, Secret},
@@ -86,11 +85,14 @@ fn run(a: RunArgs) -> Result<()> {
     if nix::net::if_::if_nametoindex(c.iface.as_str()).is_err() {
         bail!("no such interface: {}", c.iface);
     }
-    let mut settings = Settings::for_mtu(lab::mtu(&c.iface)?);
+    let mut settings = Settings::for_mtu(ackgate::netdev::mtu(&c.iface)?);
     if let Some(m) = c.mss {
         settings.mss4 = m;
         settings.mss6 = m.saturating_sub(20).max(1220);
     }
+    // Timestamp clients' cookies live exactly one epoch (the epoch bits
+    // alone would allow one to two).
+    settings.ts_max_age_ms = c.epoch_secs.saturating_mul(1000);
     if !c.backends.is_empty() {
         return run_proxy(c, mode, secret, settings);
     }

@@ -63,7 +63,7 @@ const DURATION_BUCKETS: [f64; 12] = [
 type Label = Option<(&'static str, &'static str)>;
 
 /// XDP counters as (counter, metric, label).
-pub const XDP_SERIES: [(Xdp, &str, Label); 12] = [
+pub const XDP_SERIES: [(Xdp, &str, Label); 15] = [
     (Xdp::SynAnswered, XDP_SYNS_ANSWERED, None),
     (Xdp::AckVerified, XDP_ACKS_VERIFIED, None),
     (Xdp::AckRejected, XDP_ACKS_REJECTED, None),
@@ -104,6 +104,17 @@ pub const XDP_SERIES: [(Xdp, &str, Label); 12] = [
         XDP_DROPPED,
         Some(("reason", "rst_no_flow")),
     ),
+    (
+        Xdp::DropSynAckNoFlow,
+        XDP_DROPPED,
+        Some(("reason", "synack_no_flow")),
+    ),
+    (
+        Xdp::DropNotUnicast,
+        XDP_DROPPED,
+        Some(("reason", "not_unicast")),
+    ),
+    (Xdp::DropMartian, XDP_DROPPED, Some(("reason", "martian"))),
 ];
 
 /// Handoff failure reasons (see `HandoffError::reason`; `accept` is a failed

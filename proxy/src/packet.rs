@@ -270,11 +270,11 @@ pub fn verify_synack(
     use ackgate_common::cookie::{self, FlowV4, FlowV6};
     let cookie_v = synack.seq;
     let isn = synack.ack.wrapping_sub(1);
-    // The TSecr the client will echo is our TSval.
-    let opts = match synack.options.ts() {
-        Some((tsval, _)) => (tsval & cookie::TS_OPT_MASK) as u8,
-        None => cookie::OPTS_NO_TIMESTAMPS,
-    };
+    // The TSecr the client will echo is our TSval; it must date the SYN-ACK
+    // now (within the default lifetime).
+    let tsecr = synack.options.ts().map(|(tsval, _)| tsval);
+    let now_ms = crate::responder::cookie_clock_ms();
+    let max_age = crate::responder::DEFAULT_TS_MAX_AGE_MS;
     // The flow from the client's side: the SYN-ACK's destination is the client.
     match (synack.dst, synack.src) {
         (IpAddr::V4(c), IpAddr::V4(s)) => {
@@ -284,7 +284,7 @@ pub fn verify_synack(
                 sport: synack.dport,
                 dport: synack.sport,
             };
-            cookie::verify(secret, now_epoch, &f, cookie_v, isn, opts)
+            cookie::verify_ack(secret, now_epoch, now_ms, max_age, &f, cookie_v, isn, tsecr)
         }
         (IpAddr::V6(c), IpAddr::V6(s)) => {
             let (c, s) = (u128::from(c), u128::from(s));
@@ -294,7 +294,7 @@ pub fn verify_synack(
                 sport: synack.dport,
                 dport: synack.sport,
             };
-            cookie::verify(secret, now_epoch, &f, cookie_v, isn, opts)
+            cookie::verify_ack(secret, now_epoch, now_ms, max_age, &f, cookie_v, isn, tsecr)
         }
         _ => Err(cookie::Reject::Mac),
     }

@@ -47,6 +47,9 @@ impl fmt::Display for AttachMode {
     }
 }
 
+/// Default cookie lifetime for clients with timestamps: the default epoch.
+pub const DEFAULT_TS_MAX_AGE_MS: u32 = 60_000;
+
 /// SYN-ACK parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -59,6 +62,9 @@ pub struct Settings {
     /// SYN-ACK window. Zero keeps clients from sending data before a
     /// connection exists to receive it; the proxy opens the window.
     pub window: u16,
+    /// Cookie lifetime for clients with timestamps: an ACK echoing a TSval
+    /// older than this is refused (ackgate uses the epoch length).
+    pub ts_max_age_ms: u32,
 }
 
 impl Settings {
@@ -70,6 +76,7 @@ impl Settings {
             mss6: mtu.saturating_sub(60).max(1220),
             wscale: 7,
             window: 0,
+            ts_max_age_ms: DEFAULT_TS_MAX_AGE_MS,
         }
     }
 }
@@ -86,6 +93,8 @@ pub enum ResponderError {
     Load(ProgramError),
     #[error("no such interface: {0}")]
     NoInterface(String),
+    #[error("reading the MAC address of {iface}: {err}")]
+    Interface { iface: String, err: std::io::Error },
     #[error("attaching XDP to {iface} in {mode} mode failed: {err}{hint}")]
     Attach {
         iface: String,
@@ -146,9 +155,14 @@ pub struct Responder {
     config: Config,
 }
 
-/// CLOCK_MONOTONIC in milliseconds (wrapping), the kernel TCP clock's base.
-pub fn monotonic_ms() -> u32 {
-    (monotonic_ns() / 1_000_000) as u32
+/// Unix time in milliseconds (wrapping): the clock of SYN-ACK TSvals. A
+/// fleet's instances agree on it (NTP), unlike on uptime; each flow adds a
+/// secret offset, so TSvals reveal neither.
+pub fn cookie_clock_ms() -> u32 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    d.as_millis() as u32
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
@@ -285,8 +299,11 @@ impl Responder {
                 wscale: settings.wscale,
                 ready: 1,
                 window: settings.window,
-                clock_ms: monotonic_ms(),
+                clock_ms: cookie_clock_ms(),
                 flags: self.config.flags,
+                ts_max_age_ms: settings.ts_max_age_ms,
+                mac: self.config.mac,
+                _pad: [0; 2],
             };
             let c = self.config;
             let mut cfg: Array<_, Config> =
@@ -346,15 +363,32 @@ impl Responder {
     /// Refreshes the millisecond clock the SYN-ACK TSvals carry; call it
     /// every tick (ackgate does, every 100 ms).
     pub fn tick_clock(&mut self) -> Result<()> {
-        self.config.clock_ms = monotonic_ms();
+        self.config.clock_ms = cookie_clock_ms();
+        self.write_config()
+    }
+
+    fn write_config(&mut self) -> Result<()> {
         let c = self.config;
         let mut cfg: Array<_, Config> =
             Array::try_from(self.map_mut(MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
         cfg.set(0, c, 0).map_err(map_err(MAP_CONFIG))
     }
 
-    /// Attaches to `iface` (in the calling thread's network namespace).
+    /// The MAC frames must be addressed to for ackgate to answer them
+    /// (`attach` sets the interface's own); all zero checks nothing.
+    pub fn set_mac(&mut self, mac: [u8; 6]) -> Result<()> {
+        self.config.mac = mac;
+        self.write_config()
+    }
+
+    /// Attaches to `iface` (in the calling thread's network namespace), and
+    /// answers only frames to its MAC from then on.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
+        let mac = crate::netdev::mac(iface).map_err(|err| ResponderError::Interface {
+            iface: iface.to_string(),
+            err,
+        })?;
+        self.set_mac(mac)?;
         attach_named(&mut self.ebpf, PROG_RESPONDER, iface, mode)?;
         self.attached = Some((iface.to_string(), mode));
         Ok(())

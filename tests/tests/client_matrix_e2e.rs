@@ -47,6 +47,7 @@ const DEFAULT: Profile = Profile {
 /// `struct tcp_info` fields this test reads.
 struct TcpInfo {
     options: u8,
+    snd_wscale: u8,
     snd_mss: u32,
     rcv_mss: u32,
 }
@@ -70,9 +71,11 @@ fn tcp_info(s: &TcpStream) -> TcpInfo {
     };
     assert_eq!(r, 0, "TCP_INFO");
     let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-    // byte 5 tcpi_options; u32 tcpi_snd_mss at 16, tcpi_rcv_mss at 20.
+    // byte 5 tcpi_options, byte 6 snd_wscale:4 | rcv_wscale:4; u32
+    // tcpi_snd_mss at 16, tcpi_rcv_mss at 20.
     TcpInfo {
         options: b[5],
+        snd_wscale: b[6] & 0x0f,
         snd_mss: u32_at(16),
         rcv_mss: u32_at(20),
     }
@@ -235,12 +238,18 @@ fn check_family(lab: &Lab, p: &Profile, target: SocketAddr, data: &[u8]) {
         if p.timestamps {
             expect_opts |= TCPI_OPT_TIMESTAMPS;
         }
-        // Without timestamps the cookie carries only the MSS.
-        if p.timestamps && p.sack {
+        // With or without timestamps the cookie keeps SACK and the window
+        // scale (a Linux client's shift, 7 here, is one a TS-less cookie
+        // can name).
+        if p.sack {
             expect_opts |= TCPI_OPT_SACK;
         }
-        if p.timestamps && p.window_scaling {
+        if p.window_scaling {
             expect_opts |= TCPI_OPT_WSCALE;
+            assert_eq!(
+                info_before.snd_wscale, 7,
+                "{what}: ackgate's window scale as the client sees it"
+            );
         }
         assert_eq!(
             info_before.options & 7,

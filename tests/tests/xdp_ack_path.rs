@@ -28,6 +28,7 @@ const SETTINGS: Settings = Settings {
     mss6: 1440,
     wscale: 7,
     window: 0,
+    ts_max_age_ms: ackgate::responder::DEFAULT_TS_MAX_AGE_MS,
 };
 
 fn responder() -> Responder {
@@ -256,12 +257,12 @@ fn rst_without_a_flow_is_dropped_and_handoff_off_passes() {
     let (action, _, d) = run(&r, &ack_for(&syn, &synack).build());
     assert_eq!((action, d.get(Counter::ProtectedPassed)), (XDP_PASS, 1));
     assert_eq!(r.drain_handoffs().unwrap().len(), 0);
-    // SYN-ACKs to the service always pass.
+    // A SYN-ACK to the service with no socket: dropped, never answered.
     let mut sa = syn.clone();
     sa.flags = TCP_SYN | TCP_ACK;
     r.set_handoff(true).unwrap();
-    let (action, _, _) = run(&r, &sa.build());
-    assert_eq!(action, XDP_PASS);
+    let (action, _, d) = run(&r, &sa.build());
+    assert_eq!((action, d.get(Counter::DropSynAckNoFlow)), (XDP_DROP, 1));
 }
 
 /// Segments of a flow the kernel has a socket for pass untouched, whatever
