@@ -43,6 +43,20 @@ for k in ("ttfb_ackgate", "ttfb_direct"):
 assert r["rate_ackgate_per_s"] > 0 and r["rate_direct_per_s"] > 0, r
 print("handoff bench smoke ok")
 PY
+./target/release/ackgate-bench clients --quick --out "$out" >/dev/null
+python3 - "$out/clients.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+profiles = {x["profile"] for x in r["rows"]}
+assert profiles == {"linux_default", "no_timestamps", "no_window_scaling", "no_sack", "bare",
+                    "mss_536", "mtu_9000"}, profiles
+assert len(r["rows"]) == 7 * 2 * 2, len(r["rows"])
+for x in r["rows"]:
+    for k in ("ackgate_mbit_s", "relay_mbit_s", "direct_mbit_s"):
+        assert x[k]["median"] > 0 and len(x[k]["runs"]) == r["runs"], x
+    assert x["ratio_direct"] > 0 and x["ratio_relay"] > 0, x
+print("clients bench smoke ok")
+PY
 # The lab scenarios, each against its baselines in a fresh namespace lab.
 for s in syn attack conn bulk; do
   echo "-- ackgate-bench $s --quick"
@@ -85,4 +99,4 @@ for n, key in (("conn", "connections_per_s"), ("bulk", "gbit_per_s")):
 print("lab bench smokes ok")
 PY
 passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} END{print s+0}')
-echo "summary: $((passed + 3)) passed, 0 failed"
+echo "summary: $((passed + 4)) passed, 0 failed"

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod clients;
 mod flood;
 mod handoff;
 mod lab;
@@ -45,6 +46,10 @@ enum Cmd {
     /// Connect-to-first-byte through ackgate vs direct (median, p99), and
     /// the rate of completed connections, in a namespace lab.
     Handoff(handoff::Args),
+    /// Throughput of each client TCP profile (no timestamps, no window
+    /// scaling, no SACK, MSS 536, jumbo MTU...) through ackgate, as a ratio
+    /// of the same client's direct rate and of the plain relay's.
+    Clients(clients::Args),
 }
 
 #[derive(clap::Args, Clone)]
@@ -70,6 +75,7 @@ fn main() {
         Cmd::Bulk(a) => scenarios::bulk(a),
         Cmd::Xdp(a) => xdp::run(a),
         Cmd::Handoff(a) => handoff::run(a),
+        Cmd::Clients(a) => clients::run(a),
     };
     if let Err(e) = r {
         eprintln!("ackgate-bench: {e:#}");

@@ -59,6 +59,45 @@ pub const MAX_ADDRS_V6: usize = 16;
 /// `PORTS[port]` bit for IPv4 address slot `i` is `1 << i`, for IPv6 slot
 /// `j` it is `1 << (V6_PORT_BIT + j)`.
 pub const V6_PORT_BIT: u32 = 16;
+/// `PORTS[port]` bit `SERVER_FIRST_SHIFT + b`: the service whose protection
+/// bit is `b` speaks first (SSH, SMTP), so XDP remembers its SYN-ACKs in
+/// `RECENT` for userspace to retransmit.
+pub const SERVER_FIRST_SHIFT: u32 = 32;
+
+/// Recent SYN-ACKs of server-first services (LRU hash): a client whose
+/// ACK was lost waits for a banner that never comes; a retransmitted SYN-ACK
+/// makes it ACK again. Bounded, so a flood evicts entries before they are
+/// old enough to retransmit: it degrades to stateless.
+pub const MAP_RECENT: &str = "RECENT";
+pub const RECENT_ENTRIES: u32 = 4096;
+
+/// A `RECENT` key: the flow, addresses and ports as in the packet (network
+/// order); IPv4 addresses in word 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RecentKey {
+    pub client: [u32; 4],
+    pub service: [u32; 4],
+    pub client_port_be: u16,
+    pub service_port_be: u16,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Largest TCP header (with options) of a SYN-ACK.
+pub const SYNACK_TCP_MAX: usize = 40;
+
+/// A `RECENT` value: the SYN-ACK's TCP header and options exactly as sent
+/// (checksum included: the addresses do not change), and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecentSynAck {
+    pub tcp: [u8; SYNACK_TCP_MAX],
+    pub tcp_len: u32,
+    /// `Config::clock_ms` when it was sent.
+    pub sent_ms: u32,
+}
 pub const PORTS_ENTRIES: u32 = 65536;
 
 /// One epoch's key. `valid == 0` means the slot accepts nothing.
@@ -244,4 +283,6 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::BenchFrame {}
     unsafe impl aya::Pod for super::Handoff {}
+    unsafe impl aya::Pod for super::RecentKey {}
+    unsafe impl aya::Pod for super::RecentSynAck {}
 }

@@ -17,9 +17,10 @@ use ackgate_common::{
     cookie::{self, FlowV4, FlowV6, Key},
     options::{self, OptionWords, SynAckOptions, SynOptions, NO_WSCALE},
     wire::{
-        Addresses, BenchFrame, Config, Counter, Handoff, KeySlot, BENCH_FRAME_MAX,
-        COUNTERS as N_COUNTERS, FLAG_HANDOFF, HANDOFF_RING_BYTES, HF_ECN, HF_FIN, HF_PROBE,
-        HF_SACK, HF_TIMESTAMPS, KEY_SLOTS, MAX_ADDRS_V4, MAX_ADDRS_V6, PORTS_ENTRIES, V6_PORT_BIT,
+        Addresses, BenchFrame, Config, Counter, Handoff, KeySlot, RecentKey, RecentSynAck,
+        BENCH_FRAME_MAX, COUNTERS as N_COUNTERS, FLAG_HANDOFF, HANDOFF_RING_BYTES, HF_ECN, HF_FIN,
+        HF_PROBE, HF_SACK, HF_TIMESTAMPS, KEY_SLOTS, MAX_ADDRS_V4, MAX_ADDRS_V6, PORTS_ENTRIES,
+        RECENT_ENTRIES, SERVER_FIRST_SHIFT, SYNACK_TCP_MAX, V6_PORT_BIT,
     },
 };
 use aya_ebpf::{
@@ -33,7 +34,7 @@ use aya_ebpf::{
         bpf_xdp_get_buff_len, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     macros::{map, xdp},
-    maps::{Array, PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::XdpContext,
     EbpfContext as _,
 };
@@ -41,7 +42,10 @@ use aya_ebpf::{
 #[map]
 static ADDRS: Array<Addresses> = Array::with_max_entries(1, 0);
 #[map]
-static PORTS: Array<u32> = Array::with_max_entries(PORTS_ENTRIES, 0);
+static PORTS: Array<u64> = Array::with_max_entries(PORTS_ENTRIES, 0);
+#[map]
+static RECENT: LruHashMap<RecentKey, RecentSynAck> =
+    LruHashMap::with_max_entries(RECENT_ENTRIES, 0);
 #[map]
 static KEYS: Array<KeySlot> = Array::with_max_entries(KEY_SLOTS, 0);
 #[map]
@@ -96,7 +100,9 @@ static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// fresh SYN on every run (it rewrites its input into a SYN-ACK). The
 /// benchmark times the same harness in front of `ackgate_drop` and reports
 /// the difference.
-#[xdp]
+/// Multi-buffer aware like the program it tail-calls (a program array only
+/// holds programs that agree on it).
+#[xdp(frags)]
 pub fn ackgate_bench(ctx: XdpContext) -> u32 {
     let Some(t) = BENCH_FRAME.get(0) else {
         return XDP_ABORTED;
@@ -117,7 +123,7 @@ pub fn ackgate_bench(ctx: XdpContext) -> u32 {
 
 /// Drops everything: the sink for flood generators and the empty-program
 /// baseline the benchmark subtracts.
-#[xdp]
+#[xdp(frags)]
 pub fn ackgate_drop(_ctx: XdpContext) -> u32 {
     XDP_DROP
 }
@@ -242,14 +248,24 @@ fn slot_v6(d: &[u32; 4]) -> Option<u32> {
     None
 }
 
-/// Whether `port_be` is protected on the address whose bit is `bit`.
+/// `PROTECTED` if `port_be` is protected on the address whose bit is `bit`,
+/// plus `SERVER_FIRST` if that service speaks first; 0 if not protected.
 #[inline(always)]
-fn port_protected(bit: u32, port_be: u16) -> bool {
+fn port_flags(bit: u32, port_be: u16) -> u8 {
     match PORTS.get(u16::from_be(port_be) as u32) {
-        Some(bits) => *bits & (1 << bit) != 0,
-        None => false,
+        Some(bits) if *bits & (1 << bit) != 0 => {
+            if *bits & (1 << (SERVER_FIRST_SHIFT + bit)) != 0 {
+                PROTECTED | SERVER_FIRST
+            } else {
+                PROTECTED
+            }
+        }
+        _ => 0,
     }
 }
+
+const PROTECTED: u8 = 1;
+const SERVER_FIRST: u8 = 2;
 
 // Separate BPF functions per family keep each one's stack under 512 bytes.
 #[inline(never)]
@@ -304,7 +320,8 @@ fn ipv4_inner(ctx: &XdpContext, l3: usize, macs: u64) -> Result<u32, Verdict> {
         return Err((XDP_DROP, Counter::DropMalformed));
     };
     let (sport, dport) = (ports as u16, (ports >> 16) as u16);
-    if !port_protected(bit, dport) {
+    let port = port_flags(bit, dport);
+    if port == 0 {
         return Err(PASS);
     }
     let flow = FlowV4 {
@@ -313,12 +330,14 @@ fn ipv4_inner(ctx: &XdpContext, l3: usize, macs: u64) -> Result<u32, Verdict> {
         sport: u16::from_be(sport),
         dport: u16::from_be(dport),
     };
+    let server_first = port & SERVER_FIRST != 0;
     Ok(tcp(
         ctx,
         l3,
         l4,
         l3 + tot_len,
         macs,
+        server_first,
         &V4(flow, saddr, daddr),
     ))
 }
@@ -369,7 +388,8 @@ fn ipv6_inner(ctx: &XdpContext, l3: usize, macs: u64) -> Result<u32, Verdict> {
         return Err((XDP_DROP, Counter::DropMalformed));
     };
     let (sport, dport) = (ports as u16, (ports >> 16) as u16);
-    if !port_protected(bit, dport) {
+    let port = port_flags(bit, dport);
+    if port == 0 {
         return Err(PASS);
     }
     let flow = FlowV6 {
@@ -378,7 +398,8 @@ fn ipv6_inner(ctx: &XdpContext, l3: usize, macs: u64) -> Result<u32, Verdict> {
         sport: u16::from_be(sport),
         dport: u16::from_be(dport),
     };
-    Ok(tcp(ctx, l3, l4, l4 + plen, macs, &V6(flow)))
+    let server_first = port & SERVER_FIRST != 0;
+    Ok(tcp(ctx, l3, l4, l4 + plen, macs, server_first, &V6(flow)))
 }
 
 /// The frame's length: the linear part, unless `need` lies beyond it, then
@@ -414,9 +435,10 @@ fn tcp<A: Answer>(
     l4: usize,
     seg_end: usize,
     macs: u64,
+    server_first: bool,
     addrs: &A,
 ) -> u32 {
-    finish(tcp_inner(ctx, l3, l4, seg_end, macs, addrs))
+    finish(tcp_inner(ctx, l3, l4, seg_end, macs, server_first, addrs))
 }
 
 #[inline(always)]
@@ -426,6 +448,7 @@ fn tcp_inner<A: Answer>(
     l4: usize,
     seg_end: usize,
     macs: u64,
+    server_first: bool,
     addrs: &A,
 ) -> Verdict {
     let Some(t) = ptr_at::<[u32; 5]>(ctx, l4) else {
@@ -520,7 +543,88 @@ fn tcp_inner<A: Answer>(
     if !read_options(ctx, &seg, &mut o) {
         return (XDP_DROP, Counter::DropMalformed);
     }
-    syn(ctx, &seg, addrs, &o)
+    let v = syn(ctx, &seg, addrs, &o);
+    if server_first && v.0 == XDP_TX {
+        remember(ctx, seg.l3, addrs.family());
+    }
+    v
+}
+
+/// Records the SYN-ACK just built in the frame in `RECENT`, so userspace
+/// can retransmit it to a server-first client whose ACK is lost. Best
+/// effort: an LRU map under a flood simply forgets.
+#[inline(never)]
+fn remember(ctx: &XdpContext, l3: usize, family: u8) -> u32 {
+    let (client, service, l4) = if family == 4 {
+        let Some(h) = ptr_at::<[u32; 5]>(ctx, l3) else {
+            return 0;
+        };
+        // SAFETY: `ptr_at` checked the 20 bytes of the header we wrote.
+        let h = unsafe { *h };
+        ([h[4], 0, 0, 0], [h[3], 0, 0, 0], l3 + IPV4_HLEN)
+    } else {
+        let Some(h) = ptr_at::<[u32; 10]>(ctx, l3) else {
+            return 0;
+        };
+        // SAFETY: `ptr_at` checked the 40 bytes of the header we wrote.
+        let h = unsafe { *h };
+        (
+            [h[6], h[7], h[8], h[9]],
+            [h[2], h[3], h[4], h[5]],
+            l3 + IPV6_HLEN,
+        )
+    };
+    let Some(ports) = load::<u32>(ctx, l4) else {
+        return 0;
+    };
+    let Some(doff) = load::<u8>(ctx, l4 + 12) else {
+        return 0;
+    };
+    let len = ((doff >> 4) as usize * 4) & 0x3c;
+    if !(TCP_HLEN..=SYNACK_TCP_MAX).contains(&len) {
+        return 0;
+    }
+    let k = RecentKey {
+        client,
+        service,
+        client_port_be: (ports >> 16) as u16,
+        service_port_be: ports as u16,
+        family,
+        _pad: [0; 3],
+    };
+    // Zeroed with explicit word stores (an array literal becomes a byte-wise
+    // memset loop on this target), then the segment copied over it.
+    let mut v = core::mem::MaybeUninit::<RecentSynAck>::uninit();
+    let p = v.as_mut_ptr();
+    // SAFETY: `p` is this frame's value (4-byte aligned); twelve u32 stores
+    // cover its 48 bytes (a 40-byte array and two u32s), then fields are
+    // overwritten in place.
+    unsafe {
+        let w = p.cast::<u32>();
+        for i in 0..(size_of::<RecentSynAck>() / 4) {
+            core::ptr::write_volatile(w.add(i), 0);
+        }
+        (*p).tcp_len = len as u32;
+        (*p).sent_ms = match CONFIG.get(0) {
+            Some(c) => c.clock_ms,
+            None => 0,
+        };
+        // `len` is checked again on the register the helper gets (the
+        // verifier's bounds do not follow copies; the volatile read keeps
+        // LLVM from dropping the check as proven above): the array's size
+        // at most. The helper checks the packet range itself.
+        let len = core::ptr::read_volatile(&len);
+        if !(TCP_HLEN..=SYNACK_TCP_MAX).contains(&len) {
+            return 0;
+        }
+        if bpf_xdp_load_bytes(ctx.ctx, l4 as u32, (*p).tcp.as_mut_ptr().cast(), len as u32) != 0 {
+            return 0;
+        }
+    }
+    // SAFETY: fully initialized above.
+    let v = unsafe { v.assume_init_ref() };
+    let _ = RECENT.insert(&k, v, 0);
+    0
 }
 
 /// The frame's destination MAC (bytes in memory order, byte 0 lowest) and,
@@ -615,6 +719,8 @@ trait Answer {
     fn check(&self, key: &Key, epoch: u32, cookie: u32, isn: u32, opts: u8) -> Option<u32>;
     /// Whether the source can never open a connection (see `DropMartian`).
     fn martian(&self) -> bool;
+    /// 4 or 6.
+    fn family(&self) -> u8;
     /// Addresses and family for a handoff event.
     fn addrs(&self) -> ([u32; 4], [u32; 4], u8);
     /// The family's MSS table.
@@ -824,6 +930,11 @@ impl Answer for V4 {
     }
 
     #[inline(always)]
+    fn family(&self) -> u8 {
+        4
+    }
+
+    #[inline(always)]
     fn martian(&self) -> bool {
         // 0/8, 127/8, multicast 224/4, class E 240/4 and broadcast, or
         // the protected address itself.
@@ -903,6 +1014,11 @@ impl Answer for V6 {
     #[inline(always)]
     fn check(&self, key: &Key, epoch: u32, cookie: u32, isn: u32, opts: u8) -> Option<u32> {
         cookie::check_offset(&self.0, key, epoch, cookie, isn, opts)
+    }
+
+    #[inline(always)]
+    fn family(&self) -> u8 {
+        6
     }
 
     #[inline(always)]
@@ -1086,7 +1202,11 @@ impl Reply<'_> {
             mss = mss_clamp;
         }
         let idx = cookie::mss_index(&F::MSS_TABLE, mss);
-        let mss = F::MSS_TABLE[(idx & 7) as usize];
+        // The cookie keeps what we may send (the client's MSS, within our
+        // clamp); the SYN-ACK states what we receive: our own MSS, as a
+        // kernel listener does. Mirroring a small client MSS would make
+        // that client upload in small segments too.
+        let mss = mss_clamp;
         if o.has_ts {
             let bits = cookie::option_bits(o.wscale, o.sack_ok, self.ecn);
             let m = cookie::mint(flow, &self.key, self.epoch, self.isn, idx, bits);

@@ -32,6 +32,12 @@ pub struct RunArgs {
     /// server this takes the service down; hence it must be asked for.
     #[arg(long, conflicts_with = "backends")]
     pub syn_only: bool,
+    /// A protected service (one of --listen) whose server speaks first
+    /// (SSH, SMTP): its SYN-ACKs are retransmitted after 1, 3 and 7 s until
+    /// the client's ACK arrives, as a kernel listener would; otherwise a
+    /// client whose ACK was lost waits for a banner forever. Repeatable.
+    #[arg(long = "server-first", value_name = "ADDR:PORT", value_parser = parse_listen)]
+    pub server_first: Vec<SocketAddr>,
     /// File with the 128-bit master secret as 32 hex digits (mode 600).
     /// Instances sharing it accept each other's cookies. Random if omitted.
     #[arg(long, value_name = "FILE")]
@@ -99,6 +105,7 @@ pub struct FileConfig {
     pub listen: Option<Vec<String>>,
     pub backends: Option<Vec<String>>,
     pub syn_only: Option<bool>,
+    pub server_first: Option<Vec<String>>,
     pub secret_file: Option<PathBuf>,
     pub xdp_mode: Option<XdpModeArg>,
     pub proxy_protocol: Option<proxyproto::Mode>,
@@ -129,6 +136,8 @@ pub struct RunConfig {
     pub backends: Vec<SocketAddr>,
     /// Answer SYNs only (no backends, ACKs go to the kernel).
     pub syn_only: bool,
+    /// Services (among `listen`) whose SYN-ACKs are retransmitted.
+    pub server_first: Vec<SocketAddr>,
     pub secret_file: Option<PathBuf>,
     /// `None`: `--xdp-mode off`.
     pub mode: Option<AttachMode>,
@@ -267,6 +276,20 @@ impl RunConfig {
             )),
             _ => {}
         }
+        let server_first = if a.server_first.is_empty() {
+            addrs(
+                "server_first",
+                f.server_first.as_deref().unwrap_or(&[]),
+                parse_listen,
+            )?
+        } else {
+            a.server_first.clone()
+        };
+        if let Some(s) = server_first.iter().find(|s| !listen.contains(s)) {
+            return Err(ConfigError::Invalid(format!(
+                "server_first {s} is not one of the protected services (listen)"
+            )));
+        }
         let metrics = match (a.metrics, &f.metrics) {
             (Some(m), _) => Some(m),
             (None, Some(m)) => Some(
@@ -334,6 +357,7 @@ impl RunConfig {
             listen,
             backends,
             syn_only,
+            server_first,
             secret_file: a.secret_file.clone().or_else(|| f.secret_file.clone()),
             mode,
             proxy_protocol: a.proxy_protocol.or(f.proxy_protocol).unwrap_or_default(),
@@ -472,5 +496,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("exclude each other"), "{e}");
+    }
+
+    #[test]
+    fn server_first_services_must_be_protected_ones() {
+        let f = FileConfig::parse(
+            "iface = \"x\"\nlisten = [\"192.0.2.1:22\", \"192.0.2.1:80\"]\nbackends = [\"127.0.0.1:9\"]\nserver_first = [\"192.0.2.1:22\"]\n",
+        )
+        .unwrap();
+        let c = RunConfig::resolve(&RunArgs::default(), &f).unwrap();
+        assert_eq!(c.server_first, vec!["192.0.2.1:22".parse().unwrap()]);
+        let f = FileConfig::parse(
+            "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nbackends = [\"127.0.0.1:9\"]\nserver_first = [\"192.0.2.1:25\"]\n",
+        )
+        .unwrap();
+        let e = RunConfig::resolve(&RunArgs::default(), &f)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("192.0.2.1:25") && e.contains("not one of"),
+            "{e}"
+        );
     }
 }

@@ -233,13 +233,13 @@ impl WindowOpener {
 
     fn send(&self, seg: &Segment) -> Result<()> {
         let frame = seg.build();
-        let packet = &frame[14..];
-        let fd = if seg.dst.is_ipv4() {
-            &self.v4
-        } else {
-            &self.v6
-        };
-        let (ss, len) = sockaddr(&SocketAddr::new(seg.dst, 0));
+        self.send_packet(seg.dst, &frame[14..])
+    }
+
+    /// Sends a whole IP packet (header included) to `dst`.
+    pub fn send_packet(&self, dst: IpAddr, packet: &[u8]) -> Result<()> {
+        let fd = if dst.is_ipv4() { &self.v4 } else { &self.v6 };
+        let (ss, len) = sockaddr(&SocketAddr::new(dst, 0));
         // SAFETY: valid buffer and address of the lengths passed.
         let r = unsafe {
             libc::sendto(
@@ -252,9 +252,7 @@ impl WindowOpener {
             )
         };
         if r < 0 {
-            return Err(sys("sending the window update")(
-                std::io::Error::last_os_error(),
-            ));
+            return Err(sys("sending a raw packet")(std::io::Error::last_os_error()));
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ pub mod packet;
 pub mod proxyproto;
 pub mod relay;
 pub mod responder;
+pub mod retransmit;
 pub mod secret;
 pub mod serve;
 pub mod stats;

@@ -157,7 +157,11 @@ fn run_proxy(c: RunConfig, mode: AttachMode, secret: Secret, settings: Settings)
     allow_time_wait_reuse()?;
     let mut r = Responder::load()?;
     for l in &c.listen {
-        r.add_service(*l)?;
+        if c.server_first.contains(l) {
+            r.add_server_first_service(*l)?;
+        } else {
+            r.add_service(*l)?;
+        }
     }
     r.install_keys(&secret, current_epoch(c.epoch_secs), &settings)?;
     // ACKs are ours from the first packet: events wait in the ring until the
@@ -173,6 +177,10 @@ fn run_proxy(c: RunConfig, mode: AttachMode, secret: Secret, settings: Settings)
         backends.join(", "),
         c.proxy_protocol
     );
+    if !c.server_first.is_empty() {
+        let s: Vec<String> = c.server_first.iter().map(|l| l.to_string()).collect();
+        tracing::info!("server first (SYN-ACKs retransmitted): {}", s.join(", "));
+    }
     let cfg = proxy_config(&c);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -218,6 +226,7 @@ fn proxy_config(c: &RunConfig) -> ackgate::serve::ProxyConfig {
         grace: c.grace,
         stats_interval: c.stats_interval,
         epoch_secs: c.epoch_secs,
+        server_first: c.server_first.clone(),
     }
 }
 

@@ -48,6 +48,7 @@ pub const CONNECTIONS_ACTIVE: &str = "ackgate_connections_active";
 pub const CONNECTION_DURATION: &str = "ackgate_connection_duration_seconds";
 pub const RELAYED_BYTES: &str = "ackgate_relayed_bytes_total";
 pub const BUILD_INFO: &str = "ackgate_build_info";
+pub const SYNACK_RETRANSMITS: &str = "ackgate_synack_retransmits_total";
 
 /// Handoff and backend connect latency: 25 us to 10 s.
 const LATENCY_BUCKETS: [f64; 18] = [
@@ -245,6 +246,10 @@ fn describe() {
         "1 if the backend takes connections, 0 while it is in back-off after a failure."
     );
     describe_counter!(RESETS, "Clients reset by the proxy, by reason.");
+    describe_counter!(
+        SYNACK_RETRANSMITS,
+        "SYN-ACKs of server-first services sent again because no ACK came, by result (sent, over_budget, failed)."
+    );
     describe_gauge!(CONNECTIONS_ACTIVE, "Connections being proxied now.");
     describe_histogram!(
         CONNECTION_DURATION,
@@ -310,6 +315,9 @@ pub struct Stats {
     m_duration: Histogram,
     m_to_backend: Counter,
     m_to_client: Counter,
+    pub synack_retransmits: AtomicU64,
+    /// sent, over_budget, failed.
+    m_retransmits: [Counter; 3],
 }
 
 impl Default for Stats {
@@ -347,6 +355,21 @@ impl Stats {
             m_duration: histogram!(CONNECTION_DURATION),
             m_to_backend: zero(counter!(RELAYED_BYTES, "direction" => "to_backend")),
             m_to_client: zero(counter!(RELAYED_BYTES, "direction" => "to_client")),
+            synack_retransmits: AtomicU64::new(0),
+            m_retransmits: ["sent", "over_budget", "failed"]
+                .map(|r| zero(counter!(SYNACK_RETRANSMITS, "result" => r))),
+        }
+    }
+
+    /// What a retransmission tick did (server-first services).
+    pub fn synack_retransmits(&self, t: &crate::retransmit::Tick) {
+        self.synack_retransmits.fetch_add(t.sent, Relaxed);
+        for (c, n) in self
+            .m_retransmits
+            .iter()
+            .zip([t.sent, t.over_budget, t.failed])
+        {
+            c.increment(n);
         }
     }
 
@@ -399,7 +422,7 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "handoffs={} handoff_errors={} backend_errors={} resets_no_backend={} resets_limit={} active={} closed={} bytes_to_backend={} bytes_to_client={}",
+            "handoffs={} handoff_errors={} backend_errors={} resets_no_backend={} resets_limit={} active={} closed={} bytes_to_backend={} bytes_to_client={} synack_retransmits={}",
             self.handoffs.load(Relaxed),
             self.handoff_errors.load(Relaxed),
             self.backend_errors.load(Relaxed),
@@ -409,6 +432,7 @@ impl fmt::Display for Stats {
             self.closed.load(Relaxed),
             self.bytes_to_backend.load(Relaxed),
             self.bytes_to_client.load(Relaxed),
+            self.synack_retransmits.load(Relaxed),
         )
     }
 }

@@ -4,10 +4,10 @@
 use std::{fmt, net::SocketAddr};
 
 use ackgate_common::wire::{
-    Addresses, BenchFrame, Config, Counter, Handoff, KeySlot, BENCH_FRAME_MAX, COUNTERS,
-    FLAG_HANDOFF, KEY_SLOTS, MAP_ADDRS, MAP_BENCH_FRAME, MAP_BENCH_TARGET, MAP_CONFIG,
-    MAP_COUNTERS, MAP_HANDOFF, MAP_KEYS, MAP_PORTS, PROG_BENCH, PROG_DROP, PROG_PASS,
-    PROG_RESPONDER, V6_PORT_BIT,
+    Addresses, BenchFrame, Config, Counter, Handoff, KeySlot, RecentKey, RecentSynAck,
+    BENCH_FRAME_MAX, COUNTERS, FLAG_HANDOFF, KEY_SLOTS, MAP_ADDRS, MAP_BENCH_FRAME,
+    MAP_BENCH_TARGET, MAP_CONFIG, MAP_COUNTERS, MAP_HANDOFF, MAP_KEYS, MAP_PORTS, MAP_RECENT,
+    PROG_BENCH, PROG_DROP, PROG_PASS, PROG_RESPONDER, SERVER_FIRST_SHIFT, V6_PORT_BIT,
 };
 use aya::{
     maps::{Array, MapError, PerCpuArray, ProgramArray, RingBuf},
@@ -240,6 +240,17 @@ impl Responder {
     /// Protects `addr` (IPv4 or IPv6, port > 0). Up to 16 addresses per
     /// family, any number of ports each.
     pub fn add_service(&mut self, addr: SocketAddr) -> Result<()> {
+        self.add_service_with(addr, false)
+    }
+
+    /// [`Responder::add_service`] for a service whose server speaks first
+    /// (SSH, SMTP): XDP also remembers its SYN-ACKs in `RECENT`, for
+    /// [`crate::retransmit`].
+    pub fn add_server_first_service(&mut self, addr: SocketAddr) -> Result<()> {
+        self.add_service_with(addr, true)
+    }
+
+    fn add_service_with(&mut self, addr: SocketAddr, server_first: bool) -> Result<()> {
         let am: Array<_, Addresses> =
             Array::try_from(self.map_mut(MAP_ADDRS)?).map_err(map_err(MAP_ADDRS))?;
         let mut a = am.get(&0, 0).map_err(map_err(MAP_ADDRS))?;
@@ -257,12 +268,16 @@ impl Responder {
         };
         // Port bit first, then the address that makes it reachable.
         {
-            let mut pm: Array<_, u32> =
+            let mut pm: Array<_, u64> =
                 Array::try_from(self.map_mut(MAP_PORTS)?).map_err(map_err(MAP_PORTS))?;
-            let bits = pm
+            let mut bits = pm
                 .get(&(addr.port() as u32), 0)
-                .map_err(map_err(MAP_PORTS))?;
-            pm.set(addr.port() as u32, bits | (1 << bit), 0)
+                .map_err(map_err(MAP_PORTS))?
+                | (1 << bit);
+            if server_first {
+                bits |= 1 << (SERVER_FIRST_SHIFT + bit);
+            }
+            pm.set(addr.port() as u32, bits, 0)
                 .map_err(map_err(MAP_PORTS))?;
         }
         let mut am: Array<_, Addresses> =
@@ -343,6 +358,20 @@ impl Responder {
             },
         })?;
         RingBuf::try_from(m).map_err(map_err(MAP_HANDOFF))
+    }
+
+    /// Takes the map of recent server-first SYN-ACKs out (for
+    /// [`crate::retransmit::Retransmitter`]).
+    pub fn take_recent(
+        &mut self,
+    ) -> Result<aya::maps::HashMap<aya::maps::MapData, RecentKey, RecentSynAck>> {
+        let m = self.ebpf.take_map(MAP_RECENT).ok_or(ResponderError::Map {
+            name: MAP_RECENT,
+            err: MapError::InvalidName {
+                name: MAP_RECENT.into(),
+            },
+        })?;
+        aya::maps::HashMap::try_from(m).map_err(map_err(MAP_RECENT))
     }
 
     /// Takes every handoff event waiting in the ring buffer.

@@ -21,7 +21,8 @@ use crate::{
     metrics::{ResetReason, Stats, XdpMetrics, XDP_POLL},
     proxyproto,
     relay::{reset, Moved, Relay, TokioRelay},
-    responder::{monotonic_ns, Responder, Settings},
+    responder::{cookie_clock_ms, monotonic_ns, Responder, Settings},
+    retransmit::Retransmitter,
     secret::{current_epoch, Secret},
 };
 
@@ -38,6 +39,8 @@ pub struct ProxyConfig {
     pub grace: Duration,
     pub stats_interval: Option<Duration>,
     pub epoch_secs: u32,
+    /// Services whose SYN-ACKs XDP remembers for retransmission.
+    pub server_first: Vec<SocketAddr>,
 }
 
 struct Shared {
@@ -161,6 +164,7 @@ pub async fn serve(
     }
     .map_err(|e| e.into_parts().1)
     .context("watching the handoff ring buffer")?;
+    let mut retransmit = Retransmitter::new(r.take_recent()?);
     let shared = Shared::new(cfg);
     let iface = r.attached().map(|(i, _)| i.clone()).unwrap_or_default();
     let xdp = XdpMetrics::new(&iface);
@@ -173,6 +177,7 @@ pub async fn serve(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut tick_n = 0u32;
     let mut epoch = current_epoch(shared.cfg.epoch_secs);
     let mut last_stats = tokio::time::Instant::now();
     let mut last_poll = tokio::time::Instant::now();
@@ -187,12 +192,17 @@ pub async fn serve(
                     // SAFETY: the XDP program submits whole `Handoff` records
                     // of plain integers.
                     let e: Handoff = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                    accept(&shared, &e, settings.wscale, &opener);
+                    accept(&shared, &e, settings.wscale, &opener, &mut retransmit);
                 }
                 g.clear_ready();
             }
             _ = tick.tick() => {
                 r.tick_clock()?;
+                if tick_n.is_multiple_of(RETRANSMIT_TICKS) {
+                    let t = retransmit.tick(cookie_clock_ms(), &opener);
+                    shared.stats.synack_retransmits(&t);
+                }
+                tick_n = tick_n.wrapping_add(1);
                 let now = current_epoch(shared.cfg.epoch_secs);
                 if now != epoch {
                     epoch = now;
@@ -225,8 +235,17 @@ pub async fn serve(
     Ok(())
 }
 
+/// Remembered SYN-ACKs are checked every this many 100 ms ticks.
+const RETRANSMIT_TICKS: u32 = 2;
+
 /// One verified flow: materialize, then connect and relay on a task.
-fn accept(shared: &Arc<Shared>, e: &Handoff, wscale: u8, opener: &WindowOpener) {
+fn accept(
+    shared: &Arc<Shared>,
+    e: &Handoff,
+    wscale: u8,
+    opener: &WindowOpener,
+    retransmit: &mut Retransmitter,
+) {
     let flow = match Flow::from_event(e) {
         Ok(f) => f,
         Err(err) => {
@@ -248,6 +267,9 @@ fn accept(shared: &Arc<Shared>, e: &Handoff, wscale: u8, opener: &WindowOpener) 
     let latency =
         (e.ktime_ns != 0).then(|| Duration::from_nanos(monotonic_ns().saturating_sub(e.ktime_ns)));
     shared.stats.handoff(latency);
+    if shared.cfg.server_first.contains(&flow.service) {
+        retransmit.forget(flow.client, flow.service);
+    }
     proxy(shared, client, flow.client, flow.service);
 }
 

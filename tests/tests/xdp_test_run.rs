@@ -108,11 +108,13 @@ fn linux_opts(mss: u16, tsval: u32, ws: u8) -> Vec<u8> {
 #[test]
 fn no_options_gets_default_mss_only() {
     let f = fixture();
+    // The SYN-ACK states what we receive (our own MSS); the cookie keeps
+    // what we may send: RFC's default without an MSS option.
     let (p, r) = f.answer(&syn4(&[]));
-    assert_eq!(p.options_raw, vec![2, 4, 0x02, 0x18], "MSS 536 only");
+    assert_eq!(p.options_raw, vec![2, 4, 0x05, 0xb4], "our MSS only");
     assert_eq!((r.mss, r.timestamps), (536, false));
     let (p, r) = f.answer(&syn6(&[]));
-    assert_eq!(p.options.mss(), Some(1220));
+    assert_eq!(p.options.mss(), Some(1440));
     assert_eq!(p.options_raw.len(), 4);
     assert_eq!(r.mss, 1220);
 }
@@ -220,29 +222,27 @@ fn nop_eol_padding_and_unknown_options() {
         0,
     ];
     let (p, r) = f.answer(&syn4(&opts));
-    assert_eq!(
-        p.options.mss(),
-        Some(1400),
-        "1408 offered -> the table entry below it"
-    );
+    assert_eq!(p.options.mss(), Some(1460), "our own MSS");
     assert_eq!(p.options.ts().map(|t| t.1), Some(42));
     assert!(!p.options.sack_ok);
     assert_eq!(p.options.wscale(), None);
-    assert_eq!(r.mss, 1400);
+    assert_eq!(r.mss, 1400, "1408 offered -> the table entry below it");
     // Options after EOL are not parsed.
-    let (p, _) = f.answer(&syn4(&[0, 0, 0, 0, 2, 4, 0x05, 0xb4]));
-    assert_eq!(p.options.mss(), Some(536));
+    let (_, r) = f.answer(&syn4(&[0, 0, 0, 0, 2, 4, 0x05, 0xb4]));
+    assert_eq!(r.mss, 536);
 }
 
 #[test]
 fn mss_536_and_9000() {
     let f = fixture();
-    let (p, _) = f.answer(&syn4(&[2, 4, 0x02, 0x18]));
-    assert_eq!(p.options.mss(), Some(536));
-    let (p, _) = f.answer(&syn4(&[2, 4, 0x23, 0x28]));
+    // A client with a small MSS gets segments of its size, and is told
+    // ours: MSS is per direction (a kernel listener does the same).
+    let (p, r) = f.answer(&syn4(&[2, 4, 0x02, 0x18]));
+    assert_eq!((p.options.mss(), r.mss), (Some(1460), 536));
+    let (p, r) = f.answer(&syn4(&[2, 4, 0x23, 0x28]));
     assert_eq!(
-        p.options.mss(),
-        Some(1460),
+        (p.options.mss(), r.mss),
+        (Some(1460), 1460),
         "9000 clamped to the configured 1460"
     );
     // A jumbo-frame interface: the clamp allows the 8960 table entry.
@@ -516,7 +516,7 @@ fn randomized_syns_always_get_valid_synacks() {
         let want = table[cookie::mss_index(&table, mss.min(clamp)) as usize];
         assert_eq!(
             (p.options.mss(), r.mss),
-            (Some(want), want),
+            (Some(clamp), want),
             "offered {mss}"
         );
         if i % 3 != 1 {
