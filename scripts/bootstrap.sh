@@ -12,9 +12,9 @@ fi
 
 # Debian packages: LLVM 22 for bpf-linker, network tooling for the lab/tests.
 # haproxy and nftables are the bench's baselines (its --quick runs are part of
-# scripts/test.sh).
+# scripts/test.sh); chromium is the browser among the tests' clients.
 DEB_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev
-          iproute2 iptables nftables python3 nginx-light haproxy curl)
+          iproute2 iptables nftables python3 nginx-light haproxy curl chromium)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

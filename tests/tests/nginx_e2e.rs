@@ -171,3 +171,101 @@ fn curl_through_ackgate_to_nginx_with_and_without_proxy_protocol() {
         "{log}"
     );
 }
+
+/// FNV-1a (32-bit): what the browser page computes over the file.
+fn fnv1a(b: &[u8]) -> u32 {
+    b.iter().fold(0x811c_9dc5u32, |h, &x| {
+        (h ^ x as u32).wrapping_mul(16_777_619)
+    })
+}
+
+/// The page the browser loads: static text, then a synchronous request for
+/// the 10 MiB file whose length and FNV-1a it writes into the DOM before
+/// `--dump-dom` prints it.
+const PAGE: &str = r#"<!doctype html><html><body><p id="text">served through ackgate</p>
+<div id="result">pending</div>
+<script>
+var x = new XMLHttpRequest();
+x.open('GET', '/ten.bin', false);
+x.overrideMimeType('text/plain; charset=x-user-defined');
+x.send();
+var t = x.responseText, h = 0x811c9dc5;
+for (var i = 0; i < t.length; i++) { h = Math.imul(h ^ (t.charCodeAt(i) & 0xff), 16777619) >>> 0; }
+document.getElementById('result').textContent = 'status=' + x.status + ' len=' + t.length + ' fnv=' + h.toString(16);
+</script></body></html>
+"#;
+
+/// Headless Chromium (Debian's) in the client namespace: the DOM of `url`
+/// after load.
+fn chromium_dom(lab: &Lab, url: &str, profile: &Path) -> String {
+    let mut child = lab
+        .client
+        .command("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--dump-dom", url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromium (Debian package chromium)");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chromium did not finish loading {url} within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    out
+}
+
+#[test]
+fn headless_chromium_loads_a_page_and_10_mb_through_ackgate() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let _pass = lab
+        .client
+        .run(|| PassProgram::attach("cli0"))
+        .unwrap()
+        .unwrap();
+    let nginx = Nginx::start(&lab);
+    let ten = ackgate::lab::transfer::pattern(10 << 20);
+    std::fs::write(nginx.dir.join("www/ten.bin"), &ten).unwrap();
+    std::fs::write(nginx.dir.join("www/browser.html"), PAGE).unwrap();
+    let want = format!("status=200 len={} fnv={:x}", ten.len(), fnv1a(&ten));
+    let run = ackgate(&lab, "127.0.0.1:8081", "off");
+    for (i, addr) in [
+        SocketAddr::from((lab.vip4, 80)),
+        SocketAddr::from((lab.vip6, 80)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let url = format!("http://{addr}/browser.html");
+        let profile = nginx.dir.join(format!("chromium-{i}"));
+        let dom = chromium_dom(&lab, &url, &profile);
+        assert!(dom.contains("served through ackgate"), "{url}: {dom}");
+        assert!(
+            dom.contains(&want),
+            "{url}: the browser's view of ten.bin differs; want {want}: {dom}"
+        );
+    }
+    let (_, lines) = run.stop(Duration::from_secs(15)).unwrap();
+    let c = last_counters(&lines).unwrap();
+    assert!(
+        counter(&c, "handoffs") >= 4,
+        "page and file over v4 and v6: {lines:?}"
+    );
+}
