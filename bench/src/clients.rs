@@ -23,7 +23,10 @@ use std::{
 };
 
 use ackgate::{
-    lab::{transfer, Lab},
+    lab::{
+        profile::{Profile, PROFILES},
+        transfer, Lab,
+    },
     responder::PassProgram,
 };
 use anyhow::{Context as _, Result};
@@ -45,58 +48,10 @@ pub struct Args {
     /// Transfers per path, direction and family.
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Only these profiles (repeatable; default: all).
+    #[arg(long = "profile", value_name = "NAME")]
+    profiles: Vec<String>,
 }
-
-/// A client TCP stack.
-pub struct Profile {
-    pub name: &'static str,
-    timestamps: bool,
-    window_scaling: bool,
-    sack: bool,
-    advmss: Option<u16>,
-    mtu: u32,
-}
-
-const fn profile(name: &'static str) -> Profile {
-    Profile {
-        name,
-        timestamps: true,
-        window_scaling: true,
-        sack: true,
-        advmss: None,
-        mtu: 1500,
-    }
-}
-
-pub const PROFILES: [Profile; 7] = [
-    profile("linux_default"),
-    Profile {
-        timestamps: false,
-        ..profile("no_timestamps")
-    },
-    Profile {
-        window_scaling: false,
-        ..profile("no_window_scaling")
-    },
-    Profile {
-        sack: false,
-        ..profile("no_sack")
-    },
-    Profile {
-        timestamps: false,
-        window_scaling: false,
-        sack: false,
-        ..profile("bare")
-    },
-    Profile {
-        advmss: Some(536),
-        ..profile("mss_536")
-    },
-    Profile {
-        mtu: 9000,
-        ..profile("mtu_9000")
-    },
-];
 
 const VIA_ACKGATE: u16 = 8080;
 const VIA_RELAY: u16 = 8081;
@@ -123,56 +78,6 @@ struct Report {
     mib: usize,
     runs: usize,
     rows: Vec<Row>,
-}
-
-/// Applies `p` to a fresh lab: MTU on both ends, the client's sysctls and
-/// route metrics.
-fn shape(lab: &Lab, p: &Profile) -> Result<()> {
-    if p.mtu != 1500 {
-        let mtu = p.mtu.to_string();
-        lab.client
-            .exec(&["ip", "link", "set", lab.client_if, "mtu", &mtu])?;
-        lab.gw
-            .exec(&["ip", "link", "set", lab.gw_if, "mtu", &mtu])?;
-    }
-    for (key, on) in [
-        ("net.ipv4.tcp_timestamps", p.timestamps),
-        ("net.ipv4.tcp_window_scaling", p.window_scaling),
-        ("net.ipv4.tcp_sack", p.sack),
-    ] {
-        lab.client
-            .exec(&["sysctl", "-qw", &format!("{key}={}", on as u8)])?;
-    }
-    if let Some(m) = p.advmss {
-        let m = m.to_string();
-        let dev = lab.client_if;
-        lab.client.exec(&[
-            "ip",
-            "route",
-            "replace",
-            "198.18.0.0/24",
-            "dev",
-            dev,
-            "advmss",
-            &m,
-        ])?;
-        lab.client.exec(&[
-            "ip",
-            "-6",
-            "route",
-            "replace",
-            "fd00:ac6a::/64",
-            "dev",
-            dev,
-            "metric",
-            "256",
-            "proto",
-            "kernel",
-            "advmss",
-            &m,
-        ])?;
-    }
-    Ok(())
 }
 
 fn ackgate(lab: &Lab, dir: &Path, xdp: bool) -> Result<Proc> {
@@ -214,7 +119,7 @@ fn ackgate(lab: &Lab, dir: &Path, xdp: bool) -> Result<Proc> {
 }
 
 fn measure(lab: &Lab, p: &Profile, mib: usize, runs: usize, dir: &Path) -> Result<Vec<Row>> {
-    shape(lab, p)?;
+    lab.shape_client(p)?;
     let stop = AtomicBool::new(false);
     let l = lab
         .gw
@@ -278,7 +183,10 @@ pub fn run(a: Args) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("ackgate-bench-clients-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut rows = Vec::new();
-    for p in &PROFILES {
+    for p in PROFILES
+        .iter()
+        .filter(|p| a.profiles.is_empty() || a.profiles.iter().any(|n| n == p.name))
+    {
         let lab = Lab::new()?;
         let _pass = lab.client.run(|| PassProgram::attach("cli0"))??;
         rows.extend(measure(&lab, p, mib, runs, &dir).with_context(|| p.name)?);

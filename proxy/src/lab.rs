@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
+pub mod profile;
 pub mod transfer;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);

@@ -220,8 +220,20 @@ pub fn echo_server(l: std::net::TcpListener, stop: &std::sync::atomic::AtomicBoo
 /// A lab with the client's pass program attached and an echo backend on
 /// 127.0.0.1:9000 in the gateway, for the duration of `f`.
 pub fn with_echo_lab<R>(f: impl FnOnce(&lab::Lab) -> R) -> R {
+    with_backend_lab(|_| {}, echo_server, f)
+}
+
+/// A lab shaped by `setup` (before anything listens), the client's pass
+/// program attached, and `server` serving 127.0.0.1:9000 in the gateway
+/// until `f` returns (or fails).
+pub fn with_backend_lab<R>(
+    setup: impl FnOnce(&lab::Lab),
+    server: fn(std::net::TcpListener, &std::sync::atomic::AtomicBool),
+    f: impl FnOnce(&lab::Lab) -> R,
+) -> R {
     require_root();
     let lab = lab::Lab::new().unwrap();
+    setup(&lab);
     let _pass = lab
         .client
         .run(|| ackgate::responder::PassProgram::attach("cli0"))
@@ -234,8 +246,28 @@ pub fn with_echo_lab<R>(f: impl FnOnce(&lab::Lab) -> R) -> R {
         .unwrap()
         .unwrap();
     std::thread::scope(|sc| {
-        sc.spawn(|| echo_server(l, &stop));
+        sc.spawn(|| server(l, &stop));
         let _stop = StopOnDrop(&stop);
         f(&lab)
     })
+}
+
+/// A scrape of ackgate's metrics endpoint at `addr` in the lab's gateway.
+pub fn scrape_gw(lab: &lab::Lab, addr: &str) -> Vec<ackgate::stats::Sample> {
+    let a: std::net::SocketAddr = addr.parse().expect("metrics address");
+    lab.gw
+        .run(|| ackgate::stats::scrape(a))
+        .unwrap()
+        .expect("metrics endpoint answers")
+}
+
+/// Sum of `name` over the series carrying `label` (all series if `None`).
+pub fn metric(s: &[ackgate::stats::Sample], name: &str, label: Option<(&str, &str)>) -> f64 {
+    s.iter()
+        .filter(|x| {
+            x.name == name
+                && label.is_none_or(|(k, v)| x.labels.iter().any(|(a, b)| a == k && b == v))
+        })
+        .map(|x| x.value)
+        .sum()
 }

@@ -8,41 +8,23 @@
 //! options the cookie can carry for it.
 
 use std::{
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     os::fd::AsRawFd as _,
-    sync::atomic::AtomicBool,
     time::{Duration, Instant},
 };
 
-use ackgate::lab::{transfer, Lab};
+use ackgate::lab::{
+    profile::{self, Profile},
+    transfer, Lab,
+};
 use ackgate_common::cookie;
-use ackgate_tests::{require_root, run_ackgate_until, StopOnDrop};
+use ackgate_tests::{run_ackgate_until, with_backend_lab};
 
 const PORT: u16 = 8080;
 const BYTES: usize = 16 << 20;
 /// Generous: these transfers take well under a second on veth; the bug this
 /// guards against (a mis-scaled receive window) took minutes.
 const TRANSFER_BOUND: Duration = Duration::from_secs(60);
-
-struct Profile {
-    name: &'static str,
-    timestamps: bool,
-    window_scaling: bool,
-    sack: bool,
-    /// Route `advmss` in the client namespace.
-    advmss: Option<u16>,
-    /// MTU of the veth pair (both ends: one link).
-    mtu: u32,
-}
-
-const DEFAULT: Profile = Profile {
-    name: "linux_default",
-    timestamps: true,
-    window_scaling: true,
-    sack: true,
-    advmss: None,
-    mtu: 1500,
-};
 
 /// `struct tcp_info` fields this test reads.
 struct TcpInfo {
@@ -103,98 +85,37 @@ fn gateway_mss(lab: &Lab, cport: u16) -> u32 {
     }
 }
 
-fn run_profile(p: &Profile) {
-    require_root();
-    let lab = Lab::new().unwrap();
-    if p.mtu != 1500 {
-        let mtu = p.mtu.to_string();
-        lab.client
-            .exec(&["ip", "link", "set", lab.client_if, "mtu", &mtu])
-            .unwrap();
-        lab.gw
-            .exec(&["ip", "link", "set", lab.gw_if, "mtu", &mtu])
-            .unwrap();
-    }
-    for (key, on) in [
-        ("net.ipv4.tcp_timestamps", p.timestamps),
-        ("net.ipv4.tcp_window_scaling", p.window_scaling),
-        ("net.ipv4.tcp_sack", p.sack),
-    ] {
-        let kv = format!("{key}={}", on as u8);
-        lab.client.exec(&["sysctl", "-qw", &kv]).unwrap();
-    }
-    if let Some(m) = p.advmss {
-        let m = m.to_string();
-        lab.client
-            .exec(&[
-                "ip",
-                "route",
-                "replace",
-                "198.18.0.0/24",
-                "dev",
-                lab.client_if,
-                "advmss",
-                &m,
-            ])
-            .unwrap();
-        lab.client
-            .exec(&[
-                "ip",
-                "-6",
-                "route",
-                "replace",
-                "fd00:ac6a::/64",
-                "dev",
-                lab.client_if,
-                // Replace the kernel's own prefix route (metric 256), or it
-                // keeps winning over the new one.
-                "metric",
-                "256",
-                "proto",
-                "kernel",
-                "advmss",
-                &m,
-            ])
-            .unwrap();
-    }
-    let _pass = lab
-        .client
-        .run(|| ackgate::responder::PassProgram::attach("cli0"))
-        .unwrap()
-        .unwrap();
-    let stop = AtomicBool::new(false);
-    let l = lab
-        .gw
-        .run(|| TcpListener::bind("127.0.0.1:9000"))
-        .unwrap()
-        .unwrap();
-    std::thread::scope(|sc| {
-        sc.spawn(|| transfer::serve(l, &stop));
-        let _stop = StopOnDrop(&stop);
-        let v4 = format!("{}:{PORT}", lab.vip4);
-        let v6 = format!("[{}]:{PORT}", lab.vip6);
-        let run = run_ackgate_until(
-            &lab,
-            &[
-                "--listen",
-                &v4,
-                "--listen",
-                &v6,
-                "--backend",
-                "127.0.0.1:9000",
-            ],
-            "proxy ready",
-        );
-        let data = transfer::pattern(BYTES);
-        for target in [
-            SocketAddr::from((lab.vip4, PORT)),
-            SocketAddr::from((lab.vip6, PORT)),
-        ] {
-            check_family(&lab, p, target, &data);
-        }
-        let (status, out) = run.stop(Duration::from_secs(15)).unwrap();
-        assert!(status.success(), "{out:?}");
-    });
+fn run_profile(name: &str) {
+    let p = profile::named(name);
+    with_backend_lab(
+        |lab| lab.shape_client(&p).unwrap(),
+        transfer::serve,
+        |lab| {
+            let v4 = format!("{}:{PORT}", lab.vip4);
+            let v6 = format!("[{}]:{PORT}", lab.vip6);
+            let run = run_ackgate_until(
+                lab,
+                &[
+                    "--listen",
+                    &v4,
+                    "--listen",
+                    &v6,
+                    "--backend",
+                    "127.0.0.1:9000",
+                ],
+                "proxy ready",
+            );
+            let data = transfer::pattern(BYTES);
+            for target in [
+                SocketAddr::from((lab.vip4, PORT)),
+                SocketAddr::from((lab.vip6, PORT)),
+            ] {
+                check_family(lab, &p, target, &data);
+            }
+            let (status, out) = run.stop(Duration::from_secs(15)).unwrap();
+            assert!(status.success(), "{out:?}");
+        },
+    );
 }
 
 fn check_family(lab: &Lab, p: &Profile, target: SocketAddr, data: &[u8]) {
@@ -300,61 +221,35 @@ fn check_family(lab: &Lab, p: &Profile, target: SocketAddr, data: &[u8]) {
 
 #[test]
 fn linux_default() {
-    run_profile(&DEFAULT);
+    run_profile("linux_default");
 }
 
 #[test]
 fn no_timestamps_like_windows() {
-    run_profile(&Profile {
-        name: "no_timestamps",
-        timestamps: false,
-        ..DEFAULT
-    });
+    run_profile("no_timestamps");
 }
 
 #[test]
 fn timestamps_without_window_scaling() {
-    run_profile(&Profile {
-        name: "no_window_scaling",
-        window_scaling: false,
-        ..DEFAULT
-    });
+    run_profile("no_window_scaling");
 }
 
 #[test]
 fn no_sack() {
-    run_profile(&Profile {
-        name: "no_sack",
-        sack: false,
-        ..DEFAULT
-    });
+    run_profile("no_sack");
 }
 
 #[test]
 fn no_timestamps_window_scaling_or_sack() {
-    run_profile(&Profile {
-        name: "bare",
-        timestamps: false,
-        window_scaling: false,
-        sack: false,
-        ..DEFAULT
-    });
+    run_profile("bare");
 }
 
 #[test]
 fn mss_536() {
-    run_profile(&Profile {
-        name: "mss_536",
-        advmss: Some(536),
-        ..DEFAULT
-    });
+    run_profile("mss_536");
 }
 
 #[test]
 fn jumbo_9000_mtu() {
-    run_profile(&Profile {
-        name: "mtu_9000",
-        mtu: 9000,
-        ..DEFAULT
-    });
+    run_profile("mtu_9000");
 }

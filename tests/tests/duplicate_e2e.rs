@@ -10,22 +10,19 @@ use std::{
     time::Duration,
 };
 
-use ackgate::stats::{scrape, Sample};
-use ackgate_tests::{run_ackgate_until, with_echo_lab};
+use ackgate::stats::Sample;
+use ackgate_tests::{metric, run_ackgate_until, scrape_gw, with_echo_lab};
 use nix::{sys::signal, unistd::Pid};
 
 const METRICS: &str = "127.0.0.1:9469";
 
 fn value(s: &[Sample], name: &str, label: Option<(&str, &str)>) -> f64 {
-    let m: Vec<&Sample> = s
-        .iter()
-        .filter(|x| {
-            x.name == name
-                && label.is_none_or(|(k, v)| x.labels.iter().any(|(a, b)| a == k && b == v))
-        })
-        .collect();
-    assert!(!m.is_empty(), "no series {name}{label:?} exported");
-    m.iter().map(|x| x.value).sum()
+    let v = metric(s, name, label);
+    assert!(
+        s.iter().any(|x| x.name == name),
+        "no series {name}{label:?} exported"
+    );
+    v
 }
 
 #[test]
@@ -70,11 +67,7 @@ fn a_flow_verified_twice_is_one_connection_and_one_duplicate() {
             client.join().unwrap()
         });
         assert_eq!(echoed, b"hello twice\n");
-        let m = lab
-            .gw
-            .run(|| scrape(METRICS.parse().unwrap()))
-            .unwrap()
-            .unwrap();
+        let m = scrape_gw(lab, METRICS);
         let verified = value(&m, "ackgate_xdp_acks_verified_total", None);
         let dup = value(
             &m,

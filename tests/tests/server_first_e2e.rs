@@ -18,9 +18,9 @@ use ackgate::{
     lab::{Capture, Lab},
     packet::{self, Segment},
     retransmit::MAX_PER_SEC,
-    stats::{scrape, Sample},
+    stats::Sample,
 };
-use ackgate_tests::{require_root, run_ackgate_until, StopOnDrop};
+use ackgate_tests::{metric, run_ackgate_until, scrape_gw, with_backend_lab};
 use rand::{Rng as _, SeedableRng as _};
 
 const METRICS: &str = "127.0.0.1:9469";
@@ -50,10 +50,7 @@ fn banner_server(l: TcpListener, stop: &AtomicBool) {
 }
 
 fn value(s: &[Sample], name: &str, label: (&str, &str)) -> f64 {
-    s.iter()
-        .filter(|x| x.name == name && x.labels.iter().any(|(a, b)| a == label.0 && b == label.1))
-        .map(|x| x.value)
-        .sum()
+    metric(s, name, Some(label))
 }
 
 /// Connects with the client's ACKs to `target` dropped on the way out,
@@ -139,127 +136,112 @@ fn synacks_of_a_normal_connection(
 
 #[test]
 fn server_first_clients_recover_from_a_lost_ack_and_floods_stay_within_budget() {
-    require_root();
-    let lab = Lab::new().unwrap();
-    let _pass = lab
-        .client
-        .run(|| ackgate::responder::PassProgram::attach("cli0"))
-        .unwrap()
-        .unwrap();
-    let stop = AtomicBool::new(false);
-    let l = lab
-        .gw
-        .run(|| TcpListener::bind("127.0.0.1:9000"))
-        .unwrap()
-        .unwrap();
-    std::thread::scope(|sc| {
-        sc.spawn(|| banner_server(l, &stop));
-        let _stop = StopOnDrop(&stop);
-        let (v4, v6) = (
-            format!("{}:{FIRST}", lab.vip4),
-            format!("[{}]:{FIRST}", lab.vip6),
-        );
-        let other = format!("{}:{CLIENT_FIRST}", lab.vip4);
-        let run = run_ackgate_until(
-            &lab,
-            &[
-                "--listen",
-                &v4,
-                "--listen",
-                &v6,
-                "--listen",
-                &other,
-                "--server-first",
-                &v4,
-                "--server-first",
-                &v6,
-                "--backend",
-                "127.0.0.1:9000",
-                "--metrics",
-                METRICS,
-            ],
-            "proxy ready",
-        );
-        let wait = Duration::from_secs(5);
-        for target in [v4.parse().unwrap(), v6.parse().unwrap()] {
-            let t = banner_after_lost_ack(&lab, target, wait)
-                .unwrap_or_else(|| panic!("{target}: no banner within {wait:?} after a lost ACK"));
-            eprintln!("{target}: banner {t:?} after a lost ACK");
-            assert!(
-                t >= Duration::from_millis(700) && t < Duration::from_millis(3_000),
-                "{target}: recovered by the 1 s retransmission, got {t:?}"
+    with_backend_lab(
+        |_| {},
+        banner_server,
+        |lab| {
+            let (v4, v6) = (
+                format!("{}:{FIRST}", lab.vip4),
+                format!("[{}]:{FIRST}", lab.vip6),
             );
-        }
-        // Not marked server-first: nothing retransmits, the client waits.
-        let t = banner_after_lost_ack(&lab, other.parse().unwrap(), Duration::from_secs(3));
-        assert_eq!(t, None, "a client-first service does not retransmit");
-        // A normal connection: one SYN-ACK, the banner at once, and no
-        // retransmission after its handoff.
-        let (n, banner) =
-            synacks_of_a_normal_connection(&lab, v4.parse().unwrap(), Duration::from_millis(2_500));
-        assert_eq!(n, 1, "one SYN-ACK for a connection whose ACK arrived");
-        assert!(
-            banner < Duration::from_millis(500),
-            "banner after {banner:?}"
-        );
-        let m = lab
-            .gw
-            .run(|| scrape(METRICS.parse().unwrap()))
-            .unwrap()
-            .unwrap();
-        let name = "ackgate_synack_retransmits_total";
-        assert_eq!(value(&m, name, ("result", "sent")), 2.0, "one per lost ACK");
-        assert_eq!(value(&m, name, ("result", "failed")), 0.0);
+            let other = format!("{}:{CLIENT_FIRST}", lab.vip4);
+            let run = run_ackgate_until(
+                lab,
+                &[
+                    "--listen",
+                    &v4,
+                    "--listen",
+                    &v6,
+                    "--listen",
+                    &other,
+                    "--server-first",
+                    &v4,
+                    "--server-first",
+                    &v6,
+                    "--backend",
+                    "127.0.0.1:9000",
+                    "--metrics",
+                    METRICS,
+                ],
+                "proxy ready",
+            );
+            let wait = Duration::from_secs(5);
+            for target in [v4.parse().unwrap(), v6.parse().unwrap()] {
+                let t = banner_after_lost_ack(lab, target, wait).unwrap_or_else(|| {
+                    panic!("{target}: no banner within {wait:?} after a lost ACK")
+                });
+                eprintln!("{target}: banner {t:?} after a lost ACK");
+                assert!(
+                    t >= Duration::from_millis(700) && t < Duration::from_millis(3_000),
+                    "{target}: recovered by the 1 s retransmission, got {t:?}"
+                );
+            }
+            // Not marked server-first: nothing retransmits, the client waits.
+            let t = banner_after_lost_ack(lab, other.parse().unwrap(), Duration::from_secs(3));
+            assert_eq!(t, None, "a client-first service does not retransmit");
+            // A normal connection: one SYN-ACK, the banner at once, and no
+            // retransmission after its handoff.
+            let (n, banner) = synacks_of_a_normal_connection(
+                lab,
+                v4.parse().unwrap(),
+                Duration::from_millis(2_500),
+            );
+            assert_eq!(n, 1, "one SYN-ACK for a connection whose ACK arrived");
+            assert!(
+                banner < Duration::from_millis(500),
+                "banner after {banner:?}"
+            );
+            let m = scrape_gw(lab, METRICS);
+            let name = "ackgate_synack_retransmits_total";
+            assert_eq!(value(&m, name, ("result", "sent")), 2.0, "one per lost ACK");
+            assert_eq!(value(&m, name, ("result", "failed")), 0.0);
 
-        // 20,000 spoofed SYNs: every one is remembered (the map keeps the
-        // newest 4,096), none will ever ACK, and their sources have no
-        // route back. What ackgate attempts stays within its budget.
-        let (cli_mac, gw_mac) = (
-            lab.client.mac(lab.client_if).unwrap(),
-            lab.gw.mac(lab.gw_if).unwrap(),
-        );
-        let vip = lab.vip4;
-        let cif = lab.client_if;
-        let t_flood = Instant::now();
-        lab.client
-            .run(move || {
-                let tx = Capture::open(cif).unwrap();
-                let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-                for _ in 0..20_000 {
-                    let src = Ipv4Addr::new(203, 0, 113, rng.gen_range(1..255));
-                    let mut s = Segment::syn(
-                        IpAddr::V4(src),
-                        rng.gen_range(1024..65535),
-                        IpAddr::V4(vip),
-                        FIRST,
-                        rng.gen(),
-                        &[2, 4, 5, 0xb4],
-                    );
-                    (s.src_mac, s.dst_mac) = (cli_mac, gw_mac);
-                    tx.send(&s.build()).unwrap();
-                }
-            })
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(3_500));
-        let elapsed = t_flood.elapsed().as_secs_f64();
-        let m = lab
-            .gw
-            .run(|| scrape(METRICS.parse().unwrap()))
-            .unwrap()
-            .unwrap();
-        let attempted =
-            value(&m, name, ("result", "sent")) - 2.0 + value(&m, name, ("result", "failed"));
-        let over = value(&m, name, ("result", "over_budget"));
-        eprintln!(
+            // 20,000 spoofed SYNs: every one is remembered (the map keeps the
+            // newest 4,096), none will ever ACK, and their sources have no
+            // route back. What ackgate attempts stays within its budget.
+            let (cli_mac, gw_mac) = (
+                lab.client.mac(lab.client_if).unwrap(),
+                lab.gw.mac(lab.gw_if).unwrap(),
+            );
+            let vip = lab.vip4;
+            let cif = lab.client_if;
+            let t_flood = Instant::now();
+            lab.client
+                .run(move || {
+                    let tx = Capture::open(cif).unwrap();
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+                    for _ in 0..20_000 {
+                        let src = Ipv4Addr::new(203, 0, 113, rng.gen_range(1..255));
+                        let mut s = Segment::syn(
+                            IpAddr::V4(src),
+                            rng.gen_range(1024..65535),
+                            IpAddr::V4(vip),
+                            FIRST,
+                            rng.gen(),
+                            &[2, 4, 5, 0xb4],
+                        );
+                        (s.src_mac, s.dst_mac) = (cli_mac, gw_mac);
+                        tx.send(&s.build()).unwrap();
+                    }
+                })
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(3_500));
+            let elapsed = t_flood.elapsed().as_secs_f64();
+            let m = scrape_gw(lab, METRICS);
+            let attempted =
+                value(&m, name, ("result", "sent")) - 2.0 + value(&m, name, ("result", "failed"));
+            let over = value(&m, name, ("result", "over_budget"));
+            eprintln!(
             "flood: {attempted} retransmissions attempted, {over} over budget in {elapsed:.1} s"
         );
-        assert!(attempted > 0.0, "remembered SYN-ACKs were retried");
-        assert!(
-            attempted <= MAX_PER_SEC * (1.0 + elapsed) + 10.0,
-            "{attempted} retransmissions in {elapsed:.1} s exceed the budget"
-        );
-        assert!(over > 0.0, "the budget held the rest back");
-        let (status, out) = run.stop(Duration::from_secs(15)).unwrap();
-        assert!(status.success(), "{out:?}");
-    });
+            assert!(attempted > 0.0, "remembered SYN-ACKs were retried");
+            assert!(
+                attempted <= MAX_PER_SEC * (1.0 + elapsed) + 10.0,
+                "{attempted} retransmissions in {elapsed:.1} s exceed the budget"
+            );
+            assert!(over > 0.0, "the budget held the rest back");
+            let (status, out) = run.stop(Duration::from_secs(15)).unwrap();
+            assert!(status.success(), "{out:?}");
+        },
+    );
 }

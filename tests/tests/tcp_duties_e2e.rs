@@ -16,9 +16,11 @@ use std::{
 use ackgate::{
     lab::{Capture, Lab},
     packet::{self, Segment, TCP_ACK, TCP_SYN},
-    stats::{scrape, Sample},
+    stats::Sample,
 };
-use ackgate_tests::{run_ackgate_until, with_echo_lab, Running, StopOnDrop};
+use ackgate_tests::{
+    metric, run_ackgate_until, scrape_gw, with_backend_lab, with_echo_lab, Running,
+};
 
 const METRICS: &str = "127.0.0.1:9469";
 
@@ -41,20 +43,11 @@ fn start(lab: &Lab, backend: &str) -> Running {
 }
 
 fn metrics(lab: &Lab) -> Vec<Sample> {
-    lab.gw
-        .run(|| scrape(METRICS.parse().unwrap()))
-        .unwrap()
-        .unwrap()
+    scrape_gw(lab, METRICS)
 }
 
 fn value(s: &[Sample], name: &str, label: Option<(&str, &str)>) -> f64 {
-    s.iter()
-        .filter(|x| {
-            x.name == name
-                && label.is_none_or(|(k, v)| x.labels.iter().any(|(a, b)| a == k && b == v))
-        })
-        .map(|x| x.value)
-        .sum()
+    metric(s, name, label)
 }
 
 /// Waits for the XDP counters' next publication (once a second) to show
@@ -274,73 +267,65 @@ fn a_client_that_lost_its_state_is_recovered_by_the_kernels_challenge_ack() {
     });
 }
 
+/// Says goodbye and closes first: the gateway's side of the client
+/// connection then ends in TIME_WAIT.
+fn bye_server(l: TcpListener, stop: &AtomicBool) {
+    l.set_nonblocking(true).unwrap();
+    while !stop.load(Ordering::Relaxed) {
+        match l.accept() {
+            Ok((mut s, _)) => {
+                let _ = s.write_all(b"bye\n");
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
 #[test]
 fn a_time_wait_socket_answers_for_its_flow() {
-    ackgate_tests::require_root();
-    let lab = Lab::new().unwrap();
-    let _pass = lab
-        .client
-        .run(|| ackgate::responder::PassProgram::attach("cli0"))
-        .unwrap()
-        .unwrap();
-    // A backend that says goodbye and closes first: the gateway's side of
-    // the client connection then ends in TIME_WAIT.
-    let stop = AtomicBool::new(false);
-    let l = lab
-        .gw
-        .run(|| TcpListener::bind("127.0.0.1:9000"))
-        .unwrap()
-        .unwrap();
-    std::thread::scope(|sc| {
-        sc.spawn(|| {
-            l.set_nonblocking(true).unwrap();
-            while !stop.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((mut s, _)) => {
-                        let _ = s.write_all(b"bye\n");
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+    with_backend_lab(
+        |_| {},
+        bye_server,
+        |lab| {
+            let run = start(lab, "127.0.0.1:9000");
+            let target = SocketAddr::from((lab.vip4, 8080));
+            let cport = lab
+                .client
+                .run(|| {
+                    let mut s =
+                        TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let mut got = Vec::new();
+                    s.read_to_end(&mut got).unwrap();
+                    assert_eq!(got, b"bye\n");
+                    s.local_addr().unwrap().port()
+                })
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let o = lab.gw.exec(&["ss", "-tanH", "state", "time-wait"]).unwrap();
+                if String::from_utf8_lossy(&o.stdout).contains(&format!(":{cport}")) {
+                    break;
                 }
+                assert!(
+                    Instant::now() < deadline,
+                    "no TIME_WAIT socket for port {cport}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
             }
-        });
-        let _stop = StopOnDrop(&stop);
-        let run = start(&lab, "127.0.0.1:9000");
-        let target = SocketAddr::from((lab.vip4, 8080));
-        let cport = lab
-            .client
-            .run(|| {
-                let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let mut got = Vec::new();
-                s.read_to_end(&mut got).unwrap();
-                assert_eq!(got, b"bye\n");
-                s.local_addr().unwrap().port()
-            })
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let o = lab.gw.exec(&["ss", "-tanH", "state", "time-wait"]).unwrap();
-            if String::from_utf8_lossy(&o.stdout).contains(&format!(":{cport}")) {
-                break;
-            }
+            // A late segment of the old connection (not a cookie ACK): the
+            // time-wait socket answers it (an ACK), XDP does not drop it.
+            let (cli_mac, gw_mac) = macs(lab);
+            let mut a = Segment::syn(lab.client4.into(), cport, lab.vip4.into(), 8080, 12345, &[]);
+            (a.flags, a.ack, a.src_mac, a.dst_mac) = (TCP_ACK, 999, cli_mac, gw_mac);
+            let seen = send_and_watch(lab, &a, Duration::from_millis(600));
             assert!(
-                Instant::now() < deadline,
-                "no TIME_WAIT socket for port {cport}"
+                seen.iter()
+                    .any(|p| p.flags & TCP_ACK != 0 && p.src == IpAddr::from(lab.vip4)),
+                "the time-wait socket's ACK: {:?}",
+                seen.iter().map(|p| p.flags).collect::<Vec<_>>()
             );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // A late segment of the old connection (not a cookie ACK): the
-        // time-wait socket answers it (an ACK), XDP does not drop it.
-        let (cli_mac, gw_mac) = macs(&lab);
-        let mut a = Segment::syn(lab.client4.into(), cport, lab.vip4.into(), 8080, 12345, &[]);
-        (a.flags, a.ack, a.src_mac, a.dst_mac) = (TCP_ACK, 999, cli_mac, gw_mac);
-        let seen = send_and_watch(&lab, &a, Duration::from_millis(600));
-        assert!(
-            seen.iter()
-                .any(|p| p.flags & TCP_ACK != 0 && p.src == IpAddr::from(lab.vip4)),
-            "the time-wait socket's ACK: {:?}",
-            seen.iter().map(|p| p.flags).collect::<Vec<_>>()
-        );
-        run.stop(Duration::from_secs(15)).unwrap();
-    });
+            run.stop(Duration::from_secs(15)).unwrap();
+        },
+    );
 }
