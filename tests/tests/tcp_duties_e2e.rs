@@ -329,3 +329,73 @@ fn a_time_wait_socket_answers_for_its_flow() {
         },
     );
 }
+
+#[test]
+fn an_ack_replayed_after_the_cookie_lifetime_is_refused() {
+    with_echo_lab(|lab| {
+        // A 10 s epoch: cookies with timestamps live 10 s by their echoed
+        // TSval, while the epoch bits alone would accept them for 10-20 s.
+        let v4 = format!("{}:8080", lab.vip4);
+        let run = run_ackgate_until(
+            lab,
+            &[
+                "--listen",
+                &v4,
+                "--backend",
+                "127.0.0.1:9000",
+                "--metrics",
+                METRICS,
+                "--epoch-secs",
+                "10",
+            ],
+            "proxy ready",
+        );
+        let (cli_mac, gw_mac) = macs(lab);
+        let nobody: IpAddr = Ipv4Addr::new(198, 18, 0, 79).into();
+        let ts = |tsval: u32, tsecr: u32| {
+            let (v, e) = (tsval.to_be_bytes(), tsecr.to_be_bytes());
+            vec![1, 1, 8, 10, v[0], v[1], v[2], v[3], e[0], e[1], e[2], e[3]]
+        };
+        let handshake = |sport: u16| {
+            let mut opts = vec![2, 4, 5, 0xb4, 4, 2];
+            opts.extend_from_slice(&ts(100, 0)[2..]);
+            let mut syn = Segment::syn(nobody, sport, lab.vip4.into(), 8080, 5000, &opts);
+            (syn.src_mac, syn.dst_mac) = (cli_mac, gw_mac);
+            let seen = send_and_watch(lab, &syn, Duration::from_millis(300));
+            assert_eq!(seen.len(), 1, "SYN-ACK");
+            let mut ack = syn.clone();
+            (ack.flags, ack.seq, ack.ack) = (TCP_ACK, 5001, seen[0].seq.wrapping_add(1));
+            ack.tcp_options = ts(101, seen[0].options.ts().expect("timestamps").0);
+            ack
+        };
+        // Start just after an epoch boundary, so that 10.7 s later the
+        // epoch bits still accept the cookie (e+1) and only its age, as the
+        // echoed TSval tells it, can refuse it.
+        let phase = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+                % 10_000
+        };
+        while !(100..1_000).contains(&phase()) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let old = handshake(43_000);
+        let fresh = handshake(43_001);
+        let t0 = Instant::now();
+        let before = metrics(lab);
+        send_and_watch(lab, &fresh, Duration::from_millis(100));
+        wait_for(lab, &before, "ackgate_xdp_acks_verified_total", None, 1.0);
+        std::thread::sleep(Duration::from_millis(10_700).saturating_sub(t0.elapsed()));
+        let before = metrics(lab);
+        send_and_watch(lab, &old, Duration::from_millis(100));
+        wait_for(lab, &before, "ackgate_xdp_acks_rejected_total", None, 1.0);
+        assert_eq!(
+            value(&metrics(lab), "ackgate_xdp_acks_verified_total", None),
+            value(&before, "ackgate_xdp_acks_verified_total", None),
+            "the replay is not handed off"
+        );
+        run.stop(Duration::from_secs(15)).unwrap();
+    });
+}
