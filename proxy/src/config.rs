@@ -48,7 +48,8 @@ pub struct RunArgs {
     /// PROXY protocol header sent to backends [default: off].
     #[arg(long, value_enum)]
     pub proxy_protocol: Option<proxyproto::Mode>,
-    /// Cookie epoch length in seconds; cookies live 1-2 epochs [default: 60].
+    /// Cookie epoch length in seconds: a cookie lives one epoch (clients
+    /// with timestamps) or one to two (without) [default: 60].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=86_400))]
     pub epoch_secs: Option<u32>,
     /// MSS clamp for IPv4 SYN-ACKs (IPv6 gets 20 less) [default: MTU - 40].
