@@ -67,13 +67,26 @@ fn a_flow_verified_twice_is_one_connection_and_one_duplicate() {
             client.join().unwrap()
         });
         assert_eq!(echoed, b"hello twice\n");
-        let m = scrape_gw(lab, METRICS);
+        // XDP's counters are published once a second: wait for the
+        // verified ACKs to show, then every event's outcome must match.
+        let dup_of = |m: &[Sample]| {
+            value(
+                m,
+                "ackgate_handoff_errors_total",
+                Some(("reason", "duplicate")),
+            )
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let m = loop {
+            let m = scrape_gw(lab, METRICS);
+            let v = value(&m, "ackgate_xdp_acks_verified_total", None);
+            if (v >= 2.0 && dup_of(&m) == v - 1.0) || std::time::Instant::now() > deadline {
+                break m;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
         let verified = value(&m, "ackgate_xdp_acks_verified_total", None);
-        let dup = value(
-            &m,
-            "ackgate_handoff_errors_total",
-            Some(("reason", "duplicate")),
-        );
+        let dup = dup_of(&m);
         assert!(verified >= 2.0, "ACK and probe(s) verified: {verified}");
         assert_eq!(value(&m, "ackgate_handoffs_total", None), 1.0);
         assert_eq!(dup, verified - 1.0, "every later event is a duplicate");
