@@ -17,23 +17,20 @@
 
 use std::{
     net::{SocketAddr, TcpListener},
-    path::Path,
     sync::atomic::AtomicBool,
     time::Duration,
 };
 
-use ackgate::{
-    lab::{
-        profile::{Profile, PROFILES},
-        transfer, Lab,
-    },
-    responder::PassProgram,
+use ackgate_lab::{
+    harness::Attached,
+    profile::{Profile, PROFILES},
+    transfer, Lab, Process,
 };
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
-    lab::{wait_listening, Proc},
+    lab::wait_listening,
     report::{self, Machine, Stat},
     Common,
 };
@@ -80,7 +77,7 @@ struct Report {
     rows: Vec<Row>,
 }
 
-fn ackgate(lab: &Lab, dir: &Path, xdp: bool) -> Result<Proc> {
+fn ackgate(lab: &Lab, xdp: bool) -> Result<Process> {
     let bin = std::env::current_exe()?.with_file_name("ackgate");
     let port = if xdp { VIA_ACKGATE } else { VIA_RELAY };
     let (v4, v6) = (
@@ -107,8 +104,7 @@ fn ackgate(lab: &Lab, dir: &Path, xdp: bool) -> Result<Proc> {
     } else {
         "ackgate --xdp-mode off"
     };
-    let log = dir.join(if xdp { "ackgate.log" } else { "relay.log" });
-    let mut p = Proc::spawn(name, cmd, log)?;
+    let mut p = Process::spawn(name, cmd)?;
     wait_listening(
         &lab.client,
         SocketAddr::new(lab.vip4.into(), port),
@@ -118,7 +114,7 @@ fn ackgate(lab: &Lab, dir: &Path, xdp: bool) -> Result<Proc> {
     Ok(p)
 }
 
-fn measure(lab: &Lab, p: &Profile, mib: usize, runs: usize, dir: &Path) -> Result<Vec<Row>> {
+fn measure(lab: &Lab, p: &Profile, mib: usize, runs: usize) -> Result<Vec<Row>> {
     lab.shape_client(p)?;
     let stop = AtomicBool::new(false);
     let l = lab
@@ -128,8 +124,8 @@ fn measure(lab: &Lab, p: &Profile, mib: usize, runs: usize, dir: &Path) -> Resul
     std::thread::scope(|sc| -> Result<Vec<Row>> {
         sc.spawn(|| transfer::serve(l, &stop));
         let _stop = Stop(&stop);
-        let _ag = ackgate(lab, dir, true)?;
-        let _relay = ackgate(lab, dir, false)?;
+        let _ag = ackgate(lab, true)?;
+        let _relay = ackgate(lab, false)?;
         let mut rows = Vec::new();
         for (family, ip) in [("IPv4", lab.vip4.into()), ("IPv6", lab.vip6.into())] {
             let ip: std::net::IpAddr = ip;
@@ -180,18 +176,15 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         (a.mib.max(1), a.runs.max(1))
     };
-    let dir = std::env::temp_dir().join(format!("ackgate-bench-clients-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
     let mut rows = Vec::new();
     for p in PROFILES
         .iter()
         .filter(|p| a.profiles.is_empty() || a.profiles.iter().any(|n| n == p.name))
     {
         let lab = Lab::new()?;
-        let _pass = lab.client.run(|| PassProgram::attach("cli0"))??;
-        rows.extend(measure(&lab, p, mib, runs, &dir).with_context(|| p.name)?);
+        let _pass = lab.client.run(|| Attached::pass("cli0"))??;
+        rows.extend(measure(&lab, p, mib, runs).with_context(|| p.name)?);
     }
-    let _ = std::fs::remove_dir_all(&dir);
     let machine = Machine::probe();
     let mut md = format!(
         "### Client profiles: throughput through ackgate vs the same client direct\n\n{} MiB per transfer, median of {runs} run(s) per path, paths alternated; {}.\n\

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ackgate::packet::Segment;
+use ackgate_lab::frame::Segment;
 use anyhow::{Context as _, Result};
 use rand::{Rng as _, SeedableRng as _};
 use serde::Serialize;

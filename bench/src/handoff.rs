@@ -10,13 +10,12 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    process::{Child, Stdio},
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::{Duration, Instant, SystemTime},
 };
 
-use ackgate::{lab::Lab, responder::PassProgram};
-use anyhow::{bail, ensure, Context as _, Result};
+use ackgate_lab::{harness::Attached, servers::StopOnDrop, Lab, Process};
+use anyhow::{ensure, Result};
 use serde::Serialize;
 
 use crate::Common;
@@ -82,18 +81,6 @@ fn one(target: SocketAddr) -> Result<Duration> {
     Ok(t)
 }
 
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.0.wait();
-    }
-}
-
 pub fn run(a: Args) -> Result<()> {
     ensure!(nix::unistd::geteuid().is_root(), "the lab needs root");
     let (n, secs) = if a.common.quick {
@@ -101,48 +88,27 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         (a.connections.max(10), a.seconds.max(1))
     };
-    let bin = std::env::current_exe()?.with_file_name("ackgate");
-    ensure!(
-        bin.exists(),
-        "{} not found: build it (cargo build --release --bins)",
-        bin.display()
-    );
+    let bin = ackgate_lab::workspace_bin("ackgate")?;
     let lab = Lab::new()?;
-    let _pass = lab.client.run(|| PassProgram::attach("cli0"))??;
+    let _pass = lab.client.run(|| Attached::pass("cli0"))??;
     let backend: SocketAddr = (lab.vip4, 9000).into();
     let l = lab.gw.run(move || TcpListener::bind(backend))??;
     let stop = AtomicBool::new(false);
     let report = std::thread::scope(|sc| -> Result<Report> {
-        sc.spawn(|| serve_echo(l, &stop));
-        let mut child = lab.gw.command(bin.to_str().unwrap());
-        child
-            .args([
-                "run",
-                "--iface",
-                lab.gw_if,
-                "--stats-interval",
-                "0",
-                "--listen",
-                &format!("{}:8080", lab.vip4),
-            ])
-            .args(["--backend", &backend.to_string()])
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::piped());
-        crate::lab::unblock_signals(&mut child);
-        let mut child = Kill(child.spawn().context("starting ackgate")?);
-        // Its log (stderr) until the program is attached; then the rest is
-        // passed through on a thread so the pipe never fills.
-        let mut log =
-            std::io::BufRead::lines(std::io::BufReader::new(child.0.stderr.take().unwrap()));
-        let mut seen = Vec::new();
-        loop {
-            match log.next() {
-                Some(Ok(l)) if l.contains("proxy ready") => break,
-                Some(Ok(l)) => seen.push(l),
-                _ => bail!("ackgate did not start: {}", seen.join("\n")),
-            }
-        }
-        std::thread::spawn(move || log.map_while(Result::ok).for_each(|l| eprintln!("{l}")));
+        sc.spawn(|| ackgate_lab::servers::echo(l, &stop));
+        let _stop = StopOnDrop(&stop);
+        let mut cmd = lab.gw.command(bin.to_str().unwrap());
+        cmd.args([
+            "run",
+            "--iface",
+            lab.gw_if,
+            "--stats-interval",
+            "0",
+            "--listen",
+            &format!("{}:8080", lab.vip4),
+        ])
+        .args(["--backend", &backend.to_string()]);
+        let ackgate = Process::start("ackgate", cmd, "proxy ready", Duration::from_secs(30))?;
         let via: SocketAddr = (lab.vip4, 8080).into();
         let result =
             lab.client
@@ -180,8 +146,7 @@ pub fn run(a: Args) -> Result<()> {
                     let (ra, rd) = (rate(via), rate(backend));
                     Ok((ag, direct, ra, rd))
                 })??;
-        stop.store(true, Ordering::Relaxed);
-        drop(child);
+        drop(ackgate);
         let (mut ag, mut direct, ra, rd) = result;
         let (pa, pd) = (pct(&mut ag), pct(&mut direct));
         Ok(Report {
@@ -230,30 +195,4 @@ pub fn run(a: Args) -> Result<()> {
     std::fs::write(a.common.out.join("handoff.md"), &md)?;
     println!("{md}");
     Ok(())
-}
-
-fn serve_echo(l: TcpListener, stop: &AtomicBool) {
-    use std::os::fd::AsRawFd as _;
-    // SAFETY: listen(2) again only resizes the backlog.
-    unsafe { libc::listen(l.as_raw_fd(), 4096) };
-    l.set_nonblocking(true).unwrap();
-    std::thread::scope(|sc| {
-        while !stop.load(Ordering::Relaxed) {
-            match l.accept() {
-                Ok((mut s, _)) => {
-                    sc.spawn(move || {
-                        let _ = s.set_nonblocking(false);
-                        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                        let mut b = [0u8; 4096];
-                        while let Ok(k) = s.read(&mut b) {
-                            if k == 0 || s.write_all(&b[..k]).is_err() {
-                                break;
-                            }
-                        }
-                    });
-                }
-                Err(_) => std::thread::sleep(Duration::from_micros(200)),
-            }
-        }
-    });
 }

@@ -17,14 +17,11 @@
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use ackgate::{
-    lab::{ip, unique, Netns},
-    responder::PassProgram,
-};
+use ackgate_lab::{harness::Attached, ip, unique, workspace_bin, Netns, Process};
 use anyhow::{bail, Context as _, Result};
 
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -46,7 +43,7 @@ pub struct BenchLab {
     pub px: Netns,
     pub be: Netns,
     pub dir: PathBuf,
-    _pass: Vec<PassProgram>,
+    _pass: Vec<Attached>,
 }
 
 impl Drop for BenchLab {
@@ -151,7 +148,7 @@ impl BenchLab {
         // Room for the flood: the kernel baselines keep state per SYN.
         sh(&px, "sysctl -qw net.ipv4.tcp_max_syn_backlog=4096")?;
         sh(&px, "sysctl -qw net.core.somaxconn=4096")?;
-        let pass = sw.run(|| PassProgram::attach("sw-px"))??;
+        let pass = sw.run(|| Attached::pass("sw-px"))??;
         Ok(BenchLab {
             atk,
             cli,
@@ -177,71 +174,8 @@ impl BenchLab {
     }
 }
 
-/// A process started in a namespace; killed (SIGTERM, then SIGKILL) on drop.
-pub struct Proc {
-    pub name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-/// Children inherit the signal mask through exec: undo
-/// [`cleanup_on_signal`]'s block so they stop on SIGTERM.
-pub fn unblock_signals(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt as _;
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut set);
-            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-            Ok(())
-        });
-    }
-}
-
-impl Proc {
-    pub fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Result<Self> {
-        unblock_signals(&mut cmd);
-        let f = std::fs::File::create(&log)?;
-        cmd.stdout(Stdio::from(f.try_clone()?))
-            .stderr(Stdio::from(f));
-        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
-        Ok(Proc { name, child, log })
-    }
-
-    /// Fails if the process has exited.
-    pub fn check(&mut self) -> Result<()> {
-        if let Some(s) = self.child.try_wait()? {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(5).collect();
-            bail!(
-                "{} exited ({s}): {}",
-                self.name,
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            );
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Waits until a TCP connect from `ns` to `addr` succeeds.
-pub fn wait_listening(ns: &Netns, addr: SocketAddr, what: &str, p: &mut Proc) -> Result<()> {
+pub fn wait_listening(ns: &Netns, addr: SocketAddr, what: &str, p: &mut Process) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ok = ns.run(move || {
@@ -260,7 +194,7 @@ pub fn wait_listening(ns: &Netns, addr: SocketAddr, what: &str, p: &mut Proc) ->
 
 /// nginx (Debian's) in the backend namespace: `/` is a 2-byte "ok", `/bulk`
 /// a sparse file of `bulk_bytes`.
-pub fn nginx(lab: &BenchLab, bulk_bytes: u64) -> Result<Proc> {
+pub fn nginx(lab: &BenchLab, bulk_bytes: u64) -> Result<Process> {
     let d = lab.dir.join("nginx");
     std::fs::create_dir_all(d.join("www"))?;
     std::fs::create_dir_all(d.join("tmp"))?;
@@ -284,7 +218,7 @@ http {{
     )?;
     let mut cmd = lab.be.command("nginx");
     cmd.args(["-c", &format!("{ds}/nginx.conf"), "-p", &ds.to_string()]);
-    let mut p = Proc::spawn("nginx", cmd, d.join("out.log"))?;
+    let mut p = Process::spawn("nginx", cmd)?;
     wait_listening(&lab.cli, lab.backend(), "nginx", &mut p)?;
     Ok(p)
 }
@@ -322,7 +256,7 @@ impl Target {
 pub struct Running {
     pub target: Target,
     pub addr: SocketAddr,
-    _procs: Vec<Proc>,
+    _procs: Vec<Process>,
     px: String,
     nft: bool,
 }
@@ -358,25 +292,13 @@ impl Drop for Running {
     }
 }
 
-fn ackgate_bin() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let bin = exe.with_file_name("ackgate");
-    if !bin.exists() {
-        bail!(
-            "{} not found: build it (cargo build --release --bins)",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
 /// Starts `target` in the proxy namespace, in front of nginx.
 pub fn start(lab: &BenchLab, target: Target) -> Result<Running> {
     let px = lab.px.name.clone();
     let vip = lab.vip();
     let sysctl = |kv: &str| lab.px.exec(&["sysctl", "-qw", kv]).map(|_| ());
-    let plain = |lab: &BenchLab| -> Result<Proc> {
-        let mut cmd = lab.px.command(ackgate_bin()?.to_str().unwrap());
+    let plain = |lab: &BenchLab| -> Result<Process> {
+        let mut cmd = lab.px.command(workspace_bin("ackgate")?.to_str().unwrap());
         cmd.args([
             "run",
             "--iface",
@@ -394,7 +316,7 @@ pub fn start(lab: &BenchLab, target: Target) -> Result<Running> {
             "--metrics",
             METRICS,
         ]);
-        let mut p = Proc::spawn("ackgate --xdp-mode off", cmd, lab.dir.join("plain.log"))?;
+        let mut p = Process::spawn("ackgate --xdp-mode off", cmd)?;
         wait_listening(&lab.cli, vip, "ackgate --xdp-mode off", &mut p)?;
         Ok(p)
     };
@@ -402,7 +324,7 @@ pub fn start(lab: &BenchLab, target: Target) -> Result<Running> {
     let procs = match target {
         Target::Direct => vec![],
         Target::Ackgate => {
-            let mut cmd = lab.px.command(ackgate_bin()?.to_str().unwrap());
+            let mut cmd = lab.px.command(workspace_bin("ackgate")?.to_str().unwrap());
             cmd.args([
                 "run",
                 "--iface",
@@ -420,7 +342,7 @@ pub fn start(lab: &BenchLab, target: Target) -> Result<Running> {
                 "--metrics",
                 METRICS,
             ]);
-            let mut p = Proc::spawn("ackgate", cmd, lab.dir.join("ackgate.log"))?;
+            let mut p = Process::spawn("ackgate", cmd)?;
             wait_listening(&lab.cli, vip, "ackgate", &mut p)?;
             vec![p]
         }
@@ -481,7 +403,7 @@ backend b
             )?;
             let mut cmd = lab.px.command("haproxy");
             cmd.args(["-db", "-f", cfg.to_str().unwrap()]);
-            let mut p = Proc::spawn("haproxy", cmd, lab.dir.join("haproxy.log"))?;
+            let mut p = Process::spawn("haproxy", cmd)?;
             wait_listening(&lab.cli, vip, "haproxy", &mut p)?;
             vec![p]
         }

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ackgate::{lab::Netns, responder::PassProgram};
+use ackgate_lab::{harness::Attached, Netns};
 use anyhow::{bail, ensure, Context as _, Result};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -98,7 +98,7 @@ fn flood_spec(lab: &BenchLab, dst: IpAddr, pps: Option<u64>, secs: f64, seed: u6
 
 /// The generator's ceiling: flat out into an XDP_DROP sink on px0.
 fn ceiling(lab: &BenchLab, secs: f64) -> Result<Sent> {
-    let _sink = lab.px.run(|| PassProgram::attach_drop("px0"))??;
+    let _sink = lab.px.run(|| Attached::drop_all("px0"))??;
     let spec = flood_spec(lab, lab::VIP4.into(), None, secs, 99)?;
     let stop = AtomicBool::new(false);
     lab.atk.run(|| -> Result<Sent> {
@@ -115,7 +115,7 @@ fn answered(lab: &BenchLab, t: Target) -> Result<u64> {
             std::thread::sleep(Duration::from_millis(1200));
             let s = lab
                 .px
-                .run(|| ackgate::stats::scrape(lab::METRICS.parse().unwrap()))??;
+                .run(|| ackgate::telemetry::stats::scrape(lab::METRICS.parse().unwrap()))??;
             Ok(s.iter()
                 .filter(|x| x.name == "ackgate_xdp_syns_answered_total")
                 .map(|x| x.value as u64)

@@ -16,12 +16,9 @@ use std::{
     time::SystemTime,
 };
 
-use ackgate::{
-    packet::Segment,
-    responder::{Responder, Settings},
-    secret::Secret,
-};
+use ackgate::xdp::{secret::Secret, Responder, Settings};
 use ackgate_common::wire::Counter;
+use ackgate_lab::{frame::Segment, harness};
 use anyhow::{ensure, Context as _, Result};
 use serde::Serialize;
 
@@ -102,9 +99,10 @@ pub fn run(a: Args) -> Result<()> {
         mss6: 1440,
         wscale: 7,
         window: 0,
-        ts_max_age_ms: ackgate::responder::DEFAULT_TS_MAX_AGE_MS,
+        ts_max_age_ms: ackgate::xdp::DEFAULT_TS_MAX_AGE_MS,
     };
     r.install_keys(&Secret::random(), 1000, &settings)?;
+    let mut bench = harness::Bench::load()?;
     // The ACK path runs only with the proxy's handoff on.
     r.set_handoff(true)?;
 
@@ -138,8 +136,8 @@ pub fn run(a: Args) -> Result<()> {
     // A verified ACK: the SYN-ACK for syn4, answered. A forged one: the
     // same with a wrong acknowledgment number. Pass: a port not protected.
     let mut out = [0u8; 256];
-    let res = r.test_run(&syn4, &mut out)?;
-    let synack = ackgate::packet::parse(&out[..res.data_size_out as usize])
+    let res = harness::test_run(&r, &syn4, &mut out)?;
+    let synack = ackgate_lab::frame::parse(&out[..res.data_size_out as usize])
         .context("parsing the bench SYN-ACK")?;
     let mut ack = Segment::syn(
         Ipv4Addr::new(198, 18, 9, 9).into(),
@@ -149,7 +147,7 @@ pub fn run(a: Args) -> Result<()> {
         12346,
         &[],
     );
-    ack.flags = ackgate::packet::TCP_ACK;
+    ack.flags = ackgate_lab::frame::TCP_ACK;
     ack.ack = synack.seq.wrapping_add(1);
     ack.window = 502;
     let tsecr = synack.options.ts().map_or(0, |t| t.0).to_be_bytes();
@@ -165,7 +163,7 @@ pub fn run(a: Args) -> Result<()> {
         12345,
         &[],
     );
-    pass.flags = ackgate::packet::TCP_ACK;
+    pass.flags = ackgate_lab::frame::TCP_ACK;
     let pass = pass.build();
     // Each verified ACK is a ring-buffer event; a run must fit in the ring.
     let ring_runs = repeat.min(10_000);
@@ -222,8 +220,13 @@ pub fn run(a: Args) -> Result<()> {
         let mut ns = Vec::with_capacity(runs);
         for _ in 0..runs {
             let before = r.counters()?;
-            let res = r
-                .bench_run(baseline, frame, repeat)
+            let target = if baseline {
+                harness::Target::Drop
+            } else {
+                harness::Target::Responder
+            };
+            let res = bench
+                .run(&r, target, frame, repeat)
                 .with_context(|| format!("{name}: test run"))?;
             let d = r.counters()?.since(&before);
             if let Some(c) = expect {
@@ -235,7 +238,7 @@ pub fn run(a: Args) -> Result<()> {
                 );
             }
             if expect == Some(Counter::AckVerified) {
-                let n = r.drain_handoffs()?.len();
+                let n = harness::drain_handoffs(&mut r)?.len();
                 ensure!(
                     n == repeat as usize,
                     "{name}: {n} handoff events for {repeat} runs"

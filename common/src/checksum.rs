@@ -41,3 +41,13 @@ pub fn add_bytes(mut sum: u64, bytes: &[u8]) -> u64 {
     }
     sum
 }
+
+/// TCP checksum over the pseudo-header (`src` and `dst` are both 4 or both
+/// 16 bytes) and `tcp`, checksum field included: a correct segment sums to
+/// zero, and one with a zeroed field yields the value to store.
+pub fn tcp(src: &[u8], dst: &[u8], tcp: &[u8]) -> u16 {
+    let mut s = add_bytes(add_bytes(0, src), dst);
+    s = add32(s, 6);
+    s = add32(s, tcp.len() as u32);
+    finish(add_bytes(s, tcp))
+}

@@ -1,13 +1,34 @@
 //! Configuration: command-line flags and an equivalent TOML file
-//! (`--config`). Unknown keys are errors; flags given on the command line
-//! override the file; what neither sets takes the documented default.
+//! (`--config`), merged and validated once into a [`Plan`]. Unknown keys
+//! are errors; flags given on the command line override the file; what
+//! neither sets takes the default named below (the help texts quote the
+//! same constants).
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, ops::RangeInclusive, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::{proxyproto, responder::AttachMode};
+use crate::{
+    relay::proxyproto,
+    xdp::{AttachMode, Settings},
+};
+
+/// Cookie epoch, seconds.
+pub const EPOCH_SECS: u32 = 60;
+pub const EPOCH_SECS_RANGE: RangeInclusive<u32> = 1..=86_400;
+/// The MSS clamp's bounds (its default follows the interface's MTU).
+pub const MSS_RANGE: RangeInclusive<u16> = 536..=65_495;
+pub const STATS_INTERVAL_SECS: u64 = 10;
+pub const MAX_CONNECTIONS: u64 = 10_000;
+pub const MAX_CONNECTIONS_RANGE: RangeInclusive<u64> = 1..=1_000_000;
+pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
+pub const CONNECT_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 1..=600_000;
+pub const BACKEND_BACKOFF_SECS: u64 = 5;
+pub const IDLE_TIMEOUT_SECS: u64 = 300;
+pub const IDLE_TIMEOUT_SECS_RANGE: RangeInclusive<u64> = 1..=u64::MAX;
+pub const GRACE_SECS: u64 = 10;
+pub const LOG_LEVEL: &str = "info";
 
 /// `ackgate run`'s flags.
 #[derive(clap::Args, Debug, Default)]
@@ -48,41 +69,47 @@ pub struct RunArgs {
     /// PROXY protocol header sent to backends [default: off].
     #[arg(long, value_enum)]
     pub proxy_protocol: Option<proxyproto::Mode>,
-    /// Cookie epoch length in seconds: a cookie lives one epoch (clients
-    /// with timestamps) or one to two (without) [default: 60].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    #[arg(long, help = format!(
+        "Cookie epoch length in seconds, {}-{}: a cookie lives one epoch (clients \
+         with timestamps) or one to two (without) [default: {EPOCH_SECS}]",
+        EPOCH_SECS_RANGE.start(), EPOCH_SECS_RANGE.end()))]
     pub epoch_secs: Option<u32>,
-    /// MSS clamp for IPv4 SYN-ACKs (IPv6 gets 20 less) [default: MTU - 40].
-    #[arg(long, value_parser = clap::value_parser!(u16).range(536..=65_495))]
+    #[arg(long, help = format!(
+        "MSS clamp for IPv4 SYN-ACKs, {}-{} (IPv6 gets 20 less) [default: MTU - 40]",
+        MSS_RANGE.start(), MSS_RANGE.end()))]
     pub mss: Option<u16>,
-    /// Print counters every N seconds, 0 for only at exit [default: 10].
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "Print counters every N seconds, 0 for only at exit [default: {STATS_INTERVAL_SECS}]"))]
     pub stats_interval: Option<u64>,
-    /// Most concurrent proxied connections; beyond, clients get a RST
-    /// [default: 10000].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, help = format!(
+        "Most concurrent proxied connections, {}-{}; beyond, clients get a RST \
+         [default: {MAX_CONNECTIONS}]",
+        MAX_CONNECTIONS_RANGE.start(), MAX_CONNECTIONS_RANGE.end()))]
     pub max_connections: Option<u64>,
-    /// Backend connect timeout in milliseconds [default: 3000].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    #[arg(long, help = format!(
+        "Backend connect timeout in milliseconds, {}-{} [default: {CONNECT_TIMEOUT_MS}]",
+        CONNECT_TIMEOUT_MS_RANGE.start(), CONNECT_TIMEOUT_MS_RANGE.end()))]
     pub connect_timeout_ms: Option<u64>,
-    /// How long a refusing backend is skipped, seconds [default: 5].
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "How long a refusing backend is skipped, seconds [default: {BACKEND_BACKOFF_SECS}]"))]
     pub backend_backoff_secs: Option<u64>,
-    /// Close a relay idle this many seconds [default: 300].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, help = format!(
+        "Close a relay idle this many seconds, at least {} [default: {IDLE_TIMEOUT_SECS}]",
+        IDLE_TIMEOUT_SECS_RANGE.start()))]
     pub idle_timeout_secs: Option<u64>,
-    /// On SIGTERM/SIGINT, how long running relays may finish [default: 10].
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "On SIGTERM/SIGINT, how long running relays may finish, seconds [default: {GRACE_SECS}]"))]
     pub grace_secs: Option<u64>,
     /// Serve Prometheus metrics over HTTP on ADDR:PORT (any path, e.g.
     /// /metrics); `ackgate stats` reads them [default: off; the example
-    /// config uses 127.0.0.1:9469].
+    /// config and `ackgate stats` use 127.0.0.1:9469].
     #[arg(long, value_name = "ADDR:PORT", value_parser = parse_metrics)]
     pub metrics: Option<SocketAddr>,
-    /// Log level: error, warn, info, debug (one line per refused or failed
-    /// flow) or trace; a tracing filter such as `ackgate=debug` also works.
-    /// The ACKGATE_LOG environment variable overrides it [default: info].
-    #[arg(long, value_name = "LEVEL")]
+    #[arg(long, value_name = "LEVEL", help = format!(
+        "Log level: error, warn, info, debug (one line per refused or failed \
+         flow) or trace; a tracing filter such as `ackgate=debug` also works. \
+         The {} environment variable overrides it [default: {LOG_LEVEL}]",
+        crate::telemetry::logging::ENV))]
     pub log_level: Option<String>,
 }
 
@@ -129,9 +156,9 @@ pub struct Limits {
     pub grace_secs: Option<u64>,
 }
 
-/// Everything `run` needs, resolved.
+/// One run, validated: flags over the file over the defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunConfig {
+pub struct Plan {
     pub iface: String,
     pub listen: Vec<SocketAddr>,
     pub backends: Vec<SocketAddr>,
@@ -235,12 +262,19 @@ fn addrs(
         .collect()
 }
 
-impl RunConfig {
-    /// Flags over file over defaults.
+impl Plan {
+    /// The plan for `ackgate run`'s flags and the file they name.
+    pub fn from_args(a: &RunArgs) -> Result<Self, ConfigError> {
+        let file = match &a.config {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        Self::resolve(a, &file)
+    }
+
+    /// Flags over file over defaults; every value is checked here, once.
     pub fn resolve(a: &RunArgs, f: &FileConfig) -> Result<Self, ConfigError> {
         let l = f.limits.as_ref();
-        let lim =
-            |cli: Option<u64>, file: Option<u64>, default: u64| cli.or(file).unwrap_or(default);
         let iface = a.iface.clone().or_else(|| f.iface.clone()).ok_or_else(|| {
             ConfigError::Invalid("no interface: give --iface or `iface` in the config file".into())
         })?;
@@ -303,46 +337,54 @@ impl RunConfig {
             .log_level
             .clone()
             .or_else(|| f.log_level.clone())
-            .unwrap_or_else(|| "info".into());
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
+            .unwrap_or_else(|| LOG_LEVEL.into());
+        if let Err(e) = crate::telemetry::logging::filter(&log_level) {
             return Err(ConfigError::Invalid(format!(
                 "log level '{log_level}': {e} (use error, warn, info, debug or trace)"
             )));
         }
-        let epoch_secs = a.epoch_secs.or(f.epoch_secs).unwrap_or(60);
-        if !(1..=86_400).contains(&epoch_secs) {
-            return Err(ConfigError::Invalid(format!(
-                "epoch_secs {epoch_secs}: must be 1-86400"
-            )));
-        }
-        let mss = a.mss.or(f.mss);
-        if let Some(m) = mss {
-            if !(536..=65_495).contains(&m) {
-                return Err(ConfigError::Invalid(format!("mss {m}: must be 536-65495")));
-            }
-        }
-        let max_connections = lim(a.max_connections, l.and_then(|l| l.max_connections), 10_000);
-        if !(1..=1_000_000).contains(&max_connections) {
-            return Err(ConfigError::Invalid(format!(
-                "max_connections {max_connections}: must be 1-1000000"
-            )));
-        }
-        let connect_ms = lim(
-            a.connect_timeout_ms,
-            l.and_then(|l| l.connect_timeout_ms),
-            3000,
-        );
-        let idle = lim(
-            a.idle_timeout_secs,
-            l.and_then(|l| l.idle_timeout_secs),
-            300,
-        );
-        if connect_ms == 0 || idle == 0 {
-            return Err(ConfigError::Invalid(
-                "connect_timeout_ms and idle_timeout_secs must be at least 1".into(),
-            ));
-        }
-        let stats = a.stats_interval.or(f.stats_interval_secs).unwrap_or(10);
+        let epoch_secs = checked(
+            "epoch_secs",
+            a.epoch_secs.or(f.epoch_secs).unwrap_or(EPOCH_SECS),
+            EPOCH_SECS_RANGE,
+        )?;
+        let mss = match a.mss.or(f.mss) {
+            Some(m) => Some(checked("mss", m, MSS_RANGE)?),
+            None => None,
+        };
+        let max_connections = checked(
+            "max_connections",
+            a.max_connections
+                .or(l.and_then(|l| l.max_connections))
+                .unwrap_or(MAX_CONNECTIONS),
+            MAX_CONNECTIONS_RANGE,
+        )?;
+        let connect_ms = checked(
+            "connect_timeout_ms",
+            a.connect_timeout_ms
+                .or(l.and_then(|l| l.connect_timeout_ms))
+                .unwrap_or(CONNECT_TIMEOUT_MS),
+            CONNECT_TIMEOUT_MS_RANGE,
+        )?;
+        let idle = checked(
+            "idle_timeout_secs",
+            a.idle_timeout_secs
+                .or(l.and_then(|l| l.idle_timeout_secs))
+                .unwrap_or(IDLE_TIMEOUT_SECS),
+            IDLE_TIMEOUT_SECS_RANGE,
+        )?;
+        let backoff = a
+            .backend_backoff_secs
+            .or(l.and_then(|l| l.backend_backoff_secs))
+            .unwrap_or(BACKEND_BACKOFF_SECS);
+        let grace = a
+            .grace_secs
+            .or(l.and_then(|l| l.grace_secs))
+            .unwrap_or(GRACE_SECS);
+        let stats = a
+            .stats_interval
+            .or(f.stats_interval_secs)
+            .unwrap_or(STATS_INTERVAL_SECS);
         let mode = match a.xdp_mode.or(f.xdp_mode).unwrap_or(XdpModeArg::Native) {
             XdpModeArg::Native => Some(AttachMode::Native),
             XdpModeArg::Skb => Some(AttachMode::Skb),
@@ -353,7 +395,7 @@ impl RunConfig {
             }
             XdpModeArg::Off => None,
         };
-        Ok(RunConfig {
+        Ok(Plan {
             iface,
             listen,
             backends,
@@ -369,15 +411,43 @@ impl RunConfig {
             log_level,
             max_connections: max_connections as usize,
             connect_timeout: Duration::from_millis(connect_ms),
-            backend_backoff: Duration::from_secs(lim(
-                a.backend_backoff_secs,
-                l.and_then(|l| l.backend_backoff_secs),
-                5,
-            )),
+            backend_backoff: Duration::from_secs(backoff),
             idle_timeout: Duration::from_secs(idle),
-            grace: Duration::from_secs(lim(a.grace_secs, l.and_then(|l| l.grace_secs), 10)),
+            grace: Duration::from_secs(grace),
         })
     }
+
+    /// The SYN-ACK parameters for the interface: its MTU, the MSS clamp if
+    /// one was given, and a timestamp cookie's lifetime of exactly one
+    /// epoch (the epoch bits alone would allow one to two).
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let mtu = crate::sys::netdev::mtu(&self.iface)
+            .map_err(|e| ConfigError::Invalid(format!("interface {}: {e:#}", self.iface)))?;
+        let mut s = Settings::for_mtu(mtu);
+        if let Some(m) = self.mss {
+            s.mss4 = m;
+            s.mss6 = m.saturating_sub(20).max(1220);
+        }
+        s.ts_max_age_ms = self.epoch_secs.saturating_mul(1000);
+        Ok(s)
+    }
+}
+
+/// `v` if `range` holds it; else an error naming the key.
+fn checked<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    v: T,
+    range: RangeInclusive<T>,
+) -> Result<T, ConfigError> {
+    if range.contains(&v) {
+        return Ok(v);
+    }
+    Err(ConfigError::Invalid(format!(
+        "{key} {v}: must be {}-{} (--{})",
+        range.start(),
+        range.end(),
+        key.replace('_', "-")
+    )))
 }
 
 #[cfg(test)]
@@ -389,7 +459,7 @@ mod tests {
     #[test]
     fn example_config_parses_and_resolves() {
         let f = FileConfig::parse(EXAMPLE).unwrap();
-        let c = RunConfig::resolve(&RunArgs::default(), &f).unwrap();
+        let c = Plan::resolve(&RunArgs::default(), &f).unwrap();
         assert_eq!(c.iface, "eth0");
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.backends.len(), 2);
@@ -411,7 +481,7 @@ mod tests {
             max_connections: Some(7),
             ..Default::default()
         };
-        let c = RunConfig::resolve(&a, &f).unwrap();
+        let c = Plan::resolve(&a, &f).unwrap();
         assert_eq!((c.iface.as_str(), c.max_connections), ("eth1", 7));
         assert_eq!(c.grace, Duration::from_secs(3));
         assert_eq!(c.idle_timeout, Duration::from_secs(300));
@@ -431,12 +501,12 @@ mod tests {
             "iface = \"eth0\"\nlisten = [\"192.0.2.1:80\", \"::1:80\"]\nsyn_only = true\n",
         )
         .unwrap();
-        let e = RunConfig::resolve(&RunArgs::default(), &f)
+        let e = Plan::resolve(&RunArgs::default(), &f)
             .unwrap_err()
             .to_string();
         assert!(e.contains("listen[1]") && e.contains("brackets"), "{e}");
         let f = FileConfig::parse("listen = [\"192.0.2.1:80\"]\nsyn_only = true\n").unwrap();
-        let e = RunConfig::resolve(&RunArgs::default(), &f)
+        let e = Plan::resolve(&RunArgs::default(), &f)
             .unwrap_err()
             .to_string();
         assert!(e.contains("no interface"), "{e}");
@@ -444,7 +514,7 @@ mod tests {
             "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nsyn_only = true\nxdp_mode = \"off\"\n",
         )
         .unwrap();
-        assert!(RunConfig::resolve(&RunArgs::default(), &f)
+        assert!(Plan::resolve(&RunArgs::default(), &f)
             .unwrap_err()
             .to_string()
             .contains("needs --backend"));
@@ -452,7 +522,7 @@ mod tests {
             "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nsyn_only = true\nmss = 100\n",
         )
         .unwrap();
-        assert!(RunConfig::resolve(&RunArgs::default(), &f)
+        assert!(Plan::resolve(&RunArgs::default(), &f)
             .unwrap_err()
             .to_string()
             .contains("mss 100"));
@@ -460,7 +530,7 @@ mod tests {
             "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nsyn_only = true\nmetrics = \"localhost\"\n",
         )
         .unwrap();
-        let e = RunConfig::resolve(&RunArgs::default(), &f)
+        let e = Plan::resolve(&RunArgs::default(), &f)
             .unwrap_err()
             .to_string();
         assert!(
@@ -471,7 +541,7 @@ mod tests {
             "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nsyn_only = true\nlog_level = \"loud[\"\n",
         )
         .unwrap();
-        let e = RunConfig::resolve(&RunArgs::default(), &f)
+        let e = Plan::resolve(&RunArgs::default(), &f)
             .unwrap_err()
             .to_string();
         assert!(e.contains("log level 'loud['"), "{e}");
@@ -480,7 +550,7 @@ mod tests {
     #[test]
     fn syn_only_is_an_explicit_choice() {
         let f = FileConfig::parse("iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\n").unwrap();
-        let e = RunConfig::resolve(&RunArgs::default(), &f)
+        let e = Plan::resolve(&RunArgs::default(), &f)
             .unwrap_err()
             .to_string();
         assert!(e.contains("no backend") && e.contains("--syn-only"), "{e}");
@@ -488,12 +558,12 @@ mod tests {
             syn_only: true,
             ..Default::default()
         };
-        assert!(RunConfig::resolve(&a, &f).unwrap().syn_only);
+        assert!(Plan::resolve(&a, &f).unwrap().syn_only);
         let f = FileConfig::parse(
             "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nbackends = [\"127.0.0.1:9\"]\nsyn_only = true\n",
         )
         .unwrap();
-        let e = RunConfig::resolve(&RunArgs::default(), &f)
+        let e = Plan::resolve(&RunArgs::default(), &f)
             .unwrap_err()
             .to_string();
         assert!(e.contains("exclude each other"), "{e}");
@@ -505,13 +575,13 @@ mod tests {
             "iface = \"x\"\nlisten = [\"192.0.2.1:22\", \"192.0.2.1:80\"]\nbackends = [\"127.0.0.1:9\"]\nserver_first = [\"192.0.2.1:22\"]\n",
         )
         .unwrap();
-        let c = RunConfig::resolve(&RunArgs::default(), &f).unwrap();
+        let c = Plan::resolve(&RunArgs::default(), &f).unwrap();
         assert_eq!(c.server_first, vec!["192.0.2.1:22".parse().unwrap()]);
         let f = FileConfig::parse(
             "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nbackends = [\"127.0.0.1:9\"]\nserver_first = [\"192.0.2.1:25\"]\n",
         )
         .unwrap();
-        let e = RunConfig::resolve(&RunArgs::default(), &f)
+        let e = Plan::resolve(&RunArgs::default(), &f)
             .unwrap_err()
             .to_string();
         assert!(

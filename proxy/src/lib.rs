@@ -1,21 +1,18 @@
-//! ackgate userspace: loads and drives the XDP SYN-cookie responder.
+//! ackgate: XDP answers SYNs with SipHash cookies; verified connections are
+//! materialized as kernel sockets and proxied to backends.
 //!
-//! * [`responder`]: the embedded XDP object, its maps and attachment.
-//! * [`secret`]: the fleet's master secret and epoch key rotation.
-//! * [`lab`]: network-namespace labs for the demo and the tests.
+//! * [`config`]: flags and the TOML file, validated once into a [`config::Plan`].
+//! * [`engine`]: the one loop that runs every mode.
+//! * [`xdp`]: the embedded XDP program, its maps, keys, counters and ring.
+//! * [`handoff`]: a verified flow becomes an established socket.
+//! * [`relay`]: backends, PROXY protocol and the byte pump.
+//! * [`telemetry`]: metrics, `ackgate stats` and logs.
+//! * [`sys`]: clocks, interfaces, sysctls, socket options, raw sockets.
 
-pub mod backends;
 pub mod config;
-pub mod demo;
+pub mod engine;
 pub mod handoff;
-pub mod lab;
-pub mod metrics;
-pub mod netdev;
-pub mod packet;
-pub mod proxyproto;
 pub mod relay;
-pub mod responder;
-pub mod retransmit;
-pub mod secret;
-pub mod serve;
-pub mod stats;
+pub mod sys;
+pub mod telemetry;
+pub mod xdp;

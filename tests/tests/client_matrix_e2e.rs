@@ -13,11 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ackgate::lab::{
+use ackgate_common::cookie;
+use ackgate_lab::{
     profile::{self, Profile},
     transfer, Lab,
 };
-use ackgate_common::cookie;
 use ackgate_tests::{run_ackgate_until, with_backend_lab};
 
 const PORT: u16 = 8080;

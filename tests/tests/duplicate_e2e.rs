@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use ackgate::stats::Sample;
+use ackgate::telemetry::stats::Sample;
 use ackgate_tests::{metric, run_ackgate_until, scrape_gw, with_echo_lab};
 use nix::{sys::signal, unistd::Pid};
 
@@ -48,9 +48,8 @@ fn a_flow_verified_twice_is_one_connection_and_one_duplicate() {
             let client = sc.spawn(|| {
                 lab.client
                     .run(|| {
-                        let mut s =
-                            ackgate::lab::transfer::connect(target, Duration::from_secs(10))
-                                .unwrap();
+                        let mut s = ackgate_lab::transfer::connect(target, Duration::from_secs(10))
+                            .unwrap();
                         // The SYN-ACK's window is zero: the request waits, and
                         // the client probes the window (seq = ISN) meanwhile.
                         s.write_all(b"hello twice\n").unwrap();

@@ -10,11 +10,8 @@ use std::{
     time::Duration,
 };
 
-use ackgate::{
-    lab::{ip, unique, Netns},
-    responder::PassProgram,
-};
-use ackgate_tests::{ackgate_bin, counter, last_counters, require_root, Running};
+use ackgate_lab::{harness::Attached, ip, unique, Netns};
+use ackgate_tests::{ackgate_bin, counter, last_counters, require_root, Process};
 
 #[test]
 fn handshake_answered_by_one_instance_is_accepted_by_the_other() {
@@ -85,8 +82,8 @@ fn handshake_answered_by_one_instance_is_accepted_by_the_other() {
         cli.exec(&["sysctl", "-qw", &format!("net.ipv4.conf.{k}.rp_filter=0")])
             .unwrap();
     }
-    let _p1 = cli.run(|| PassProgram::attach("c1")).unwrap().unwrap();
-    let _p2 = cli.run(|| PassProgram::attach("c2")).unwrap().unwrap();
+    let _p1 = cli.run(|| Attached::pass("c1")).unwrap().unwrap();
+    let _p2 = cli.run(|| Attached::pass("c2")).unwrap().unwrap();
 
     let key = std::env::temp_dir().join(format!("ackgate-fleet-{stem}.key"));
     std::fs::write(&key, "0f1e2d3c4b5a69788796a5b4c3d2e1f0\n").unwrap();
@@ -114,7 +111,7 @@ fn handshake_answered_by_one_instance_is_accepted_by_the_other() {
         ])
         .args(["--stats-interval", "0", "--secret-file"])
         .arg(&key);
-        Running::start(cmd, "attached to", Duration::from_secs(30)).unwrap()
+        Process::start("ackgate", cmd, "attached to", Duration::from_secs(30)).unwrap()
     };
     let (a, b) = (start(&gw1, "g1"), start(&gw2, "g2"));
     let got = cli

@@ -11,12 +11,19 @@ use std::{
 };
 
 use ackgate::{
-    handoff::{materialize, Flow, WindowOpener},
-    lab::{self, Lab},
-    responder::{AttachMode, PassProgram, Responder, Settings},
-    secret::{current_epoch, Secret},
+    handoff::materialize,
+    sys::raw::RawSender,
+    xdp::{
+        ring::Flow,
+        secret::{current_epoch, Secret},
+        AttachMode, Responder, Settings,
+    },
 };
 use ackgate_common::wire::Counter;
+use ackgate_lab::{
+    harness::{self, Attached},
+    Lab,
+};
 use ackgate_tests::require_root;
 
 const PORT: u16 = 7000;
@@ -47,8 +54,8 @@ fn verified_flows_become_sockets_and_carry_data_both_ways() {
     ];
     let (responder, opener, wscale) = lab
         .gw
-        .run(move || -> anyhow::Result<(Responder, WindowOpener, u8)> {
-            let settings = Settings::for_mtu(lab::mtu(gw_if)?);
+        .run(move || -> anyhow::Result<(Responder, RawSender, u8)> {
+            let settings = Settings::for_mtu(ackgate::sys::netdev::mtu(gw_if)?);
             let mut r = Responder::load()?;
             for s in services {
                 r.add_service(s)?;
@@ -56,14 +63,14 @@ fn verified_flows_become_sockets_and_carry_data_both_ways() {
             r.install_keys(&Secret::random(), current_epoch(60), &settings)?;
             r.set_handoff(true)?;
             r.attach(gw_if, AttachMode::Native)?;
-            Ok((r, WindowOpener::new()?, settings.wscale))
+            Ok((r, RawSender::new()?, settings.wscale))
         })
         .unwrap()
         .unwrap();
     let cif = lab.client_if;
     let _pass = lab
         .client
-        .run(move || PassProgram::attach(cif))
+        .run(move || Attached::pass(cif))
         .unwrap()
         .unwrap();
 
@@ -77,7 +84,7 @@ fn verified_flows_become_sockets_and_carry_data_both_ways() {
                     let deadline = Instant::now() + Duration::from_secs(20);
                     std::thread::scope(|conns| {
                         while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
-                            for e in responder.drain_handoffs().unwrap() {
+                            for e in harness::drain_handoffs(&mut responder).unwrap() {
                                 let flow = Flow::from_event(&e).unwrap();
                                 let s = materialize(&flow, wscale, &opener).expect("materialize");
                                 materialized.fetch_add(1, Ordering::Relaxed);

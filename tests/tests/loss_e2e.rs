@@ -8,11 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ackgate::lab::Lab;
-use ackgate_tests::{counter, last_counters, run_ackgate, with_echo_lab, Running};
+use ackgate_lab::Lab;
+use ackgate_tests::{counter, last_counters, run_ackgate, with_echo_lab, Process};
 use sha2::{Digest, Sha256};
 
-fn start(lab: &Lab) -> Running {
+fn start(lab: &Lab) -> Process {
     let v4 = format!("{}:8080", lab.vip4);
     run_ackgate(lab, &["--listen", &v4, "--backend", "127.0.0.1:9000"])
 }

@@ -9,17 +9,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ackgate::{
-    lab::{Capture, Lab},
-    packet::{Segment, TCP_ACK},
-    stats::{scrape, Sample},
+use ackgate::telemetry::stats::{scrape, Sample};
+use ackgate_lab::{
+    frame::{Segment, TCP_ACK},
+    Capture, Lab,
 };
-use ackgate_tests::{ackgate_bin, run_ackgate_until, with_echo_lab, Running};
+use ackgate_tests::{ackgate_bin, run_ackgate_until, with_echo_lab, Process};
 use rand::{Rng as _, SeedableRng as _};
 
 const METRICS: &str = "127.0.0.1:9469";
 
-fn start(lab: &Lab) -> Running {
+fn start(lab: &Lab) -> Process {
     let (v4, v6) = (format!("{}:8080", lab.vip4), format!("[{}]:8080", lab.vip6));
     run_ackgate_until(
         lab,
@@ -109,7 +109,7 @@ fn metrics_move_by_exactly_what_was_sent() {
         let before = metrics(lab);
         let b = |name: &str, f: &[(&str, &str)]| value(&before, name, f);
 
-        send_raw(lab, SYNS, ackgate::packet::TCP_SYN, 1);
+        send_raw(lab, SYNS, ackgate_lab::frame::TCP_SYN, 1);
         send_raw(lab, FORGED, TCP_ACK, 2);
         let targets: [SocketAddr; 2] = [(lab.vip4, 8080).into(), (lab.vip6, 8080).into()];
         lab.client

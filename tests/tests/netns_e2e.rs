@@ -3,8 +3,9 @@
 
 use std::{net::SocketAddr, os::unix::fs::PermissionsExt as _, process::Command, time::Duration};
 
-use ackgate::{lab::Lab, packet, responder::PassProgram, secret::current_epoch};
-use ackgate_tests::{ackgate_bin, counter, last_counters, require_root, Running};
+use ackgate::xdp::secret::current_epoch;
+use ackgate_lab::{frame as packet, harness::Attached, Lab};
+use ackgate_tests::{ackgate_bin, counter, last_counters, require_root, Process};
 
 const SECRET_HEX: &str = "00112233445566778899aabbccddeeff";
 
@@ -15,7 +16,7 @@ fn secret_file(tag: &str) -> std::path::PathBuf {
     p
 }
 
-fn start(lab: &Lab, mode: &str, key: &std::path::Path, port: u16) -> Running {
+fn start(lab: &Lab, mode: &str, key: &std::path::Path, port: u16) -> Process {
     let mut cmd = lab.gw.command(ackgate_bin().to_str().unwrap());
     cmd.args([
         "run",
@@ -31,7 +32,7 @@ fn start(lab: &Lab, mode: &str, key: &std::path::Path, port: u16) -> Running {
     .args(["--listen", &format!("[{}]:{port}", lab.vip6)])
     .arg("--secret-file")
     .arg(key);
-    Running::start(cmd, "attached to", Duration::from_secs(30)).expect("ackgate starts")
+    Process::start("ackgate", cmd, "attached to", Duration::from_secs(30)).expect("ackgate starts")
 }
 
 fn handshakes(mode: &str) {
@@ -40,11 +41,7 @@ fn handshakes(mode: &str) {
     let key = secret_file(mode);
     let port = 8080;
     lab.drop_acks_at_gateway(port).unwrap();
-    let _pass = lab
-        .client
-        .run(|| PassProgram::attach("cli0"))
-        .unwrap()
-        .unwrap();
+    let _pass = lab.client.run(|| Attached::pass("cli0")).unwrap().unwrap();
 
     // No listener anywhere in the gateway: only XDP can complete a handshake.
     let ss = lab.gw.exec(&["ss", "-Hltn"]).unwrap();
@@ -59,7 +56,7 @@ fn handshakes(mode: &str) {
     );
 
     let run = start(&lab, mode, &key, port);
-    let secret = ackgate::secret::Secret::parse_hex(SECRET_HEX).unwrap();
+    let secret = ackgate::xdp::secret::Secret::parse_hex(SECRET_HEX).unwrap();
     for target in [
         SocketAddr::from((lab.vip4, port)),
         SocketAddr::from((lab.vip6, port)),

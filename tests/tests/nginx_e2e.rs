@@ -9,8 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ackgate::{lab::Lab, responder::PassProgram};
-use ackgate_tests::{counter, last_counters, require_root, run_ackgate, Running};
+use ackgate_lab::{harness::Attached, Lab};
+use ackgate_tests::{counter, last_counters, require_root, run_ackgate, Process};
 
 /// nginx in the gateway namespace, killed and its directory removed on drop.
 struct Nginx {
@@ -106,7 +106,7 @@ fn curl(lab: &Lab, url: &str, out: &Path) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
-fn ackgate(lab: &Lab, backend: &str, pp: &str) -> Running {
+fn ackgate(lab: &Lab, backend: &str, pp: &str) -> Process {
     let (v4, v6) = (format!("{}:80", lab.vip4), format!("[{}]:80", lab.vip6));
     run_ackgate(
         lab,
@@ -127,11 +127,7 @@ fn ackgate(lab: &Lab, backend: &str, pp: &str) -> Running {
 fn curl_through_ackgate_to_nginx_with_and_without_proxy_protocol() {
     require_root();
     let lab = Lab::new().unwrap();
-    let _pass = lab
-        .client
-        .run(|| PassProgram::attach("cli0"))
-        .unwrap()
-        .unwrap();
+    let _pass = lab.client.run(|| Attached::pass("cli0")).unwrap().unwrap();
     let nginx = Nginx::start(&lab);
     let out = nginx.dir.join("got");
     let v4 = format!("http://{}/", SocketAddr::from((lab.vip4, 80)));
@@ -235,13 +231,9 @@ fn chromium_dom(lab: &Lab, url: &str, profile: &Path) -> String {
 fn headless_chromium_loads_a_page_and_10_mb_through_ackgate() {
     require_root();
     let lab = Lab::new().unwrap();
-    let _pass = lab
-        .client
-        .run(|| PassProgram::attach("cli0"))
-        .unwrap()
-        .unwrap();
+    let _pass = lab.client.run(|| Attached::pass("cli0")).unwrap().unwrap();
     let nginx = Nginx::start(&lab);
-    let ten = ackgate::lab::transfer::pattern(10 << 20);
+    let ten = ackgate_lab::transfer::pattern(10 << 20);
     std::fs::write(nginx.dir.join("www/ten.bin"), &ten).unwrap();
     std::fs::write(nginx.dir.join("www/browser.html"), PAGE).unwrap();
     let want = format!("status=200 len={} fnv={:x}", ten.len(), fnv1a(&ten));

@@ -9,13 +9,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ackgate::{lab::Lab, responder::PassProgram};
+use ackgate_lab::{harness::Attached, Lab};
 use ackgate_tests::{
-    ackgate_bin, counter, last_counters, require_root, run_ackgate_until, with_echo_lab, Running,
+    ackgate_bin, counter, last_counters, require_root, run_ackgate_until, with_echo_lab, Process,
     StopOnDrop,
 };
 
-fn start(lab: &Lab, backend: &str, extra: &[&str]) -> Running {
+fn start(lab: &Lab, backend: &str, extra: &[&str]) -> Process {
     let v4 = format!("{}:8080", lab.vip4);
     let v6 = format!("[{}]:8080", lab.vip6);
     // The default connect timeout: on a loaded 2-core CI machine a backend
@@ -176,11 +176,7 @@ fn negotiated_options_match_what_the_client_offered() {
 fn backend_down_gives_a_prompt_reset() {
     require_root();
     let lab = Lab::new().unwrap();
-    let _pass = lab
-        .client
-        .run(|| PassProgram::attach("cli0"))
-        .unwrap()
-        .unwrap();
+    let _pass = lab.client.run(|| Attached::pass("cli0")).unwrap().unwrap();
     // Nothing listens on port 9 in the gateway. Settings from a TOML file.
     let cfg = std::env::temp_dir().join(format!("ackgate-test-{}.toml", std::process::id()));
     std::fs::write(
@@ -193,7 +189,7 @@ fn backend_down_gives_a_prompt_reset() {
     .unwrap();
     let mut cmd = lab.gw.command(ackgate_bin().to_str().unwrap());
     cmd.arg("run").arg("--config").arg(&cfg);
-    let run = Running::start(cmd, "attached to", Duration::from_secs(30))
+    let run = Process::start("ackgate", cmd, "attached to", Duration::from_secs(30))
         .expect("ackgate starts from a config file");
     std::fs::remove_file(&cfg).ok();
     let target = SocketAddr::from((lab.vip4, 8080));
@@ -303,11 +299,7 @@ fn forged_acks_produce_no_connections_and_no_resets() {
     use std::sync::atomic::AtomicU64;
     require_root();
     let lab = Lab::new().unwrap();
-    let _pass = lab
-        .client
-        .run(|| PassProgram::attach("cli0"))
-        .unwrap()
-        .unwrap();
+    let _pass = lab.client.run(|| Attached::pass("cli0")).unwrap().unwrap();
     let accepted = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     std::thread::scope(|sc| {
@@ -337,11 +329,11 @@ fn forged_acks_produce_no_connections_and_no_resets() {
             .client
             .run(move || {
                 use rand::{Rng, SeedableRng};
-                let cap = ackgate::lab::Capture::open("cli0").unwrap();
-                let tx = ackgate::lab::Capture::open("cli0").unwrap();
+                let cap = ackgate_lab::Capture::open("cli0").unwrap();
+                let tx = ackgate_lab::Capture::open("cli0").unwrap();
                 let mut rng = rand::rngs::StdRng::seed_from_u64(100_000);
                 for _ in 0..100_000 {
-                    let mut a = ackgate::packet::Segment::syn(
+                    let mut a = ackgate_lab::frame::Segment::syn(
                         std::net::Ipv4Addr::from(rng.gen::<u32>()).into(),
                         rng.gen_range(1024..65535),
                         vip.into(),
@@ -349,7 +341,7 @@ fn forged_acks_produce_no_connections_and_no_resets() {
                         rng.gen(),
                         &[],
                     );
-                    a.flags = ackgate::packet::TCP_ACK;
+                    a.flags = ackgate_lab::frame::TCP_ACK;
                     a.ack = rng.gen();
                     a.src_mac = cli_mac;
                     a.dst_mac = gw_mac;
@@ -358,8 +350,8 @@ fn forged_acks_produce_no_connections_and_no_resets() {
                 // Anything the gateway sends back with RST set, for a while.
                 let mut rsts = 0;
                 while let Some(f) = cap.next_matching(Duration::from_millis(500), |f| {
-                    ackgate::packet::parse(f)
-                        .is_some_and(|p| p.flags & ackgate::packet::TCP_RST != 0)
+                    ackgate_lab::frame::parse(f)
+                        .is_some_and(|p| p.flags & ackgate_lab::frame::TCP_RST != 0)
                 }) {
                     let _ = f;
                     rsts += 1;

@@ -14,11 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ackgate::{
-    lab::{Capture, Lab},
-    packet::{self, Segment},
-    retransmit::MAX_PER_SEC,
-    stats::Sample,
+use ackgate::{handoff::retransmit::MAX_PER_SEC, telemetry::stats::Sample};
+use ackgate_lab::{
+    frame::{self as packet, Segment},
+    Capture, Lab,
 };
 use ackgate_tests::{metric, run_ackgate_until, scrape_gw, with_backend_lab};
 use rand::{Rng as _, SeedableRng as _};

@@ -13,18 +13,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ackgate::{
-    lab::{Capture, Lab},
-    packet::{self, Segment, TCP_ACK, TCP_SYN},
-    stats::Sample,
+use ackgate::telemetry::stats::Sample;
+use ackgate_lab::{
+    frame::{self as packet, Segment, TCP_ACK, TCP_SYN},
+    Capture, Lab,
 };
 use ackgate_tests::{
-    metric, run_ackgate_until, scrape_gw, with_backend_lab, with_echo_lab, Running,
+    metric, run_ackgate_until, scrape_gw, with_backend_lab, with_echo_lab, Process,
 };
 
 const METRICS: &str = "127.0.0.1:9469";
 
-fn start(lab: &Lab, backend: &str) -> Running {
+fn start(lab: &Lab, backend: &str) -> Process {
     let (v4, v6) = (format!("{}:8080", lab.vip4), format!("[{}]:8080", lab.vip6));
     run_ackgate_until(
         lab,

@@ -4,14 +4,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 
-use ackgate::{
-    packet::{self, Parsed, Segment, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    responder::{Counters, Responder, Settings},
-    secret::Secret,
-};
+use ackgate::xdp::{secret::Secret, Counters, Responder, Settings};
 use ackgate_common::{
     options::NO_WSCALE,
     wire::{Counter, Handoff, HF_FIN, HF_PROBE, HF_SACK, HF_TIMESTAMPS},
+};
+use ackgate_lab::{
+    frame::{self as packet, Parsed, Segment, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    harness,
 };
 use ackgate_tests::require_root;
 
@@ -28,7 +28,7 @@ const SETTINGS: Settings = Settings {
     mss6: 1440,
     wscale: 7,
     window: 0,
-    ts_max_age_ms: ackgate::responder::DEFAULT_TS_MAX_AGE_MS,
+    ts_max_age_ms: ackgate::xdp::DEFAULT_TS_MAX_AGE_MS,
 };
 
 fn responder() -> Responder {
@@ -44,7 +44,7 @@ fn responder() -> Responder {
 fn run(r: &Responder, frame: &[u8]) -> (u32, Vec<u8>, Counters) {
     let before = r.counters().unwrap();
     let mut out = vec![0u8; 512];
-    let res = r.test_run(frame, &mut out).unwrap();
+    let res = harness::test_run(r, frame, &mut out).unwrap();
     out.truncate(res.data_size_out as usize);
     let d = r.counters().unwrap().since(&before);
     assert_eq!(d.0.iter().sum::<u64>(), 1, "one counter per packet: {d}");
@@ -83,7 +83,7 @@ fn ack_for(syn: &Segment, synack: &Parsed) -> Segment {
 }
 
 fn one_event(r: &mut Responder) -> Handoff {
-    let ev = r.drain_handoffs().unwrap();
+    let ev = harness::drain_handoffs(r).unwrap();
     assert_eq!(ev.len(), 1, "{ev:?}");
     ev[0]
 }
@@ -167,7 +167,7 @@ fn forged_and_tampered_acks_are_dropped_without_events() {
         );
     }
     assert!(
-        r.drain_handoffs().unwrap().is_empty(),
+        harness::drain_handoffs(&mut r).unwrap().is_empty(),
         "no event for a rejected ACK"
     );
     // 1,000 random ACKs from random sources: no event, all counted.
@@ -186,12 +186,12 @@ fn forged_and_tampered_acks_are_dropped_without_events() {
         a.flags = TCP_ACK;
         a.ack = rng.gen();
         let mut out = [0u8; 256];
-        let res = r.test_run(&a.build(), &mut out).unwrap();
+        let res = harness::test_run(&r, &a.build(), &mut out).unwrap();
         assert_eq!(res.return_value, XDP_DROP);
     }
     let d = r.counters().unwrap().since(&before);
     assert_eq!(d.get(Counter::AckRejected), 1000, "{d}");
-    assert!(r.drain_handoffs().unwrap().is_empty());
+    assert!(harness::drain_handoffs(&mut r).unwrap().is_empty());
 }
 
 #[test]
@@ -256,7 +256,7 @@ fn rst_without_a_flow_is_dropped_and_handoff_off_passes() {
     let (syn, synack) = handshake(&r, CLIENT4.into(), VIP4.into(), 80);
     let (action, _, d) = run(&r, &ack_for(&syn, &synack).build());
     assert_eq!((action, d.get(Counter::ProtectedPassed)), (XDP_PASS, 1));
-    assert_eq!(r.drain_handoffs().unwrap().len(), 0);
+    assert_eq!(harness::drain_handoffs(&mut r).unwrap().len(), 0);
     // A SYN-ACK to the service with no socket: dropped, never answered.
     let mut sa = syn.clone();
     sa.flags = TCP_SYN | TCP_ACK;
@@ -337,10 +337,10 @@ fn rotation_window_and_fleet_instances_sharing_the_secret() {
         1,
         "previous epoch still accepted"
     );
-    a.drain_handoffs().unwrap();
+    harness::drain_handoffs(&mut a).unwrap();
     a.install_keys(&Secret([9; 16]), EPOCH + 2, &SETTINGS)
         .unwrap();
     let (_, _, d) = run(&a, &ack);
     assert_eq!(d.get(Counter::AckRejected), 1, "two epochs later: rejected");
-    assert!(a.drain_handoffs().unwrap().is_empty());
+    assert!(harness::drain_handoffs(&mut a).unwrap().is_empty());
 }

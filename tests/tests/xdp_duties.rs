@@ -19,13 +19,12 @@ use std::{
     time::Duration,
 };
 
-use ackgate::{
-    lab::Lab,
-    packet::{self, Parsed, Segment, TCP_ACK, TCP_FIN, TCP_SYN},
-    responder::{Counters, Responder, Settings},
-    secret::Secret,
-};
+use ackgate::xdp::{secret::Secret, Counters, Responder, Settings};
 use ackgate_common::wire::Counter;
+use ackgate_lab::{
+    frame::{self as packet, Parsed, Segment, TCP_ACK, TCP_FIN, TCP_SYN},
+    harness, Lab,
+};
 use ackgate_tests::require_root;
 
 const XDP_DROP: u32 = 1;
@@ -70,7 +69,7 @@ fn responder() -> Responder {
 fn run(r: &Responder, frame: &[u8]) -> (u32, Vec<u8>, Counters) {
     let before = r.counters().unwrap();
     let mut out = vec![0u8; 512];
-    let res = r.test_run(frame, &mut out).unwrap();
+    let res = harness::test_run(r, frame, &mut out).unwrap();
     out.truncate(res.data_size_out as usize);
     let d = r.counters().unwrap().since(&before);
     assert_eq!(d.0.iter().sum::<u64>(), 1, "one counter per packet: {d}");
@@ -141,11 +140,11 @@ fn a_segment_without_the_ack_flag_never_completes_a_handoff() {
         };
         dropped(&r, &s, Counter::AckRejected);
     }
-    assert!(r.drain_handoffs().unwrap().is_empty());
+    assert!(harness::drain_handoffs(&mut r).unwrap().is_empty());
     // The same segment with the flag verifies: the cookie was good.
     let (action, _, d) = run(&r, &ack.build());
     assert_eq!((action, d.get(Counter::AckVerified)), (XDP_DROP, 1));
-    assert_eq!(r.drain_handoffs().unwrap().len(), 1);
+    assert_eq!(harness::drain_handoffs(&mut r).unwrap().len(), 1);
 }
 
 #[test]
@@ -173,7 +172,7 @@ fn only_unicast_frames_to_our_mac_are_answered() {
         (a.src_mac, a.dst_mac) = (src, dst);
         dropped(&r, &a, Counter::DropNotUnicast);
     }
-    assert!(r.drain_handoffs().unwrap().is_empty());
+    assert!(harness::drain_handoffs(&mut r).unwrap().is_empty());
     // All zero (no interface yet) checks nothing but the group bits.
     r.set_mac([0; 6]).unwrap();
     let mut s = syn.clone();
@@ -251,12 +250,12 @@ fn an_ack_echoing_a_stale_tsval_is_refused() {
     std::thread::sleep(Duration::from_millis(400));
     r.tick_clock().unwrap();
     dropped(&r, &ack, Counter::AckRejected);
-    assert!(r.drain_handoffs().unwrap().is_empty());
+    assert!(harness::drain_handoffs(&mut r).unwrap().is_empty());
     // The same ACK within a 60 s lifetime: accepted.
     r.install_keys(&Secret([9; 16]), EPOCH, &SETTINGS).unwrap();
     let (action, _, d) = run(&r, &ack.build());
     assert_eq!((action, d.get(Counter::AckVerified)), (XDP_DROP, 1));
-    assert_eq!(r.drain_handoffs().unwrap().len(), 1);
+    assert_eq!(harness::drain_handoffs(&mut r).unwrap().len(), 1);
 }
 
 /// In a namespace of its own, so its real sockets and the TestRun frames
@@ -380,6 +379,6 @@ fn time_wait_flows_get_the_kernels_time_wait_handling_unless_the_cookie_verifies
         let synack = answered(&r, &syn);
         let (action, _, d) = run(&r, &ack_for(&syn, &synack).build());
         assert_eq!((action, d.get(Counter::AckVerified)), (XDP_DROP, 1), "{d}");
-        assert_eq!(r.drain_handoffs().unwrap().len(), 1);
+        assert_eq!(harness::drain_handoffs(&mut r).unwrap().len(), 1);
     });
 }

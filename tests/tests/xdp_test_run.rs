@@ -4,12 +4,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use ackgate::{
-    packet::{self, Parsed, Segment, TCP_ACK, TCP_CWR, TCP_ECE, TCP_FIN, TCP_RST, TCP_SYN},
-    responder::{Counters, Responder, Settings},
-    secret::Secret,
-};
+use ackgate::xdp::{secret::Secret, Counters, Responder, Settings};
 use ackgate_common::{cookie, wire::Counter};
+use ackgate_lab::{
+    frame::{
+        self as packet, Parsed, Segment, TCP_ACK, TCP_CWR, TCP_ECE, TCP_FIN, TCP_RST, TCP_SYN,
+    },
+    harness,
+};
 use ackgate_tests::require_root;
 
 const XDP_DROP: u32 = 1;
@@ -27,7 +29,7 @@ const SETTINGS: Settings = Settings {
     mss6: 1440,
     wscale: 7,
     window: 0,
-    ts_max_age_ms: ackgate::responder::DEFAULT_TS_MAX_AGE_MS,
+    ts_max_age_ms: ackgate::xdp::DEFAULT_TS_MAX_AGE_MS,
 };
 
 struct Fixture {
@@ -50,7 +52,7 @@ impl Fixture {
     fn run(&self, frame: &[u8]) -> (u32, Vec<u8>, Counters) {
         let before = self.r.counters().unwrap();
         let mut out = vec![0u8; 512];
-        let res = self.r.test_run(frame, &mut out).expect("test run");
+        let res = harness::test_run(&self.r, frame, &mut out).expect("test run");
         out.truncate(res.data_size_out as usize);
         let d = self.r.counters().unwrap().since(&before);
         let total: u64 = d.0.iter().sum();
@@ -149,7 +151,7 @@ fn full_linux_option_set_v4_and_v6() {
         // The clock part is the cookie clock plus the flow's secret offset:
         // not the host's uptime or time (verify_synack checked it dates the
         // SYN-ACK now).
-        let now = ackgate::responder::cookie_clock_ms();
+        let now = ackgate::sys::clock::cookie_clock_ms();
         assert!(
             now.wrapping_sub(tsval & !cookie::TS_OPT_MASK) > 120_000
                 && (tsval & !cookie::TS_OPT_MASK).wrapping_sub(now) > 120_000,

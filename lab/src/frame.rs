@@ -1,4 +1,4 @@
-//! Frame building and parsing for the demo, tests and benchmarks: crafted
+//! Frame building and parsing for the demo, tests and bench: crafted
 //! SYNs with any L2/L3/option shape, and a strict parser that checks the
 //! SYN-ACKs the XDP program sends (checksums recomputed from the bytes).
 
@@ -129,21 +129,11 @@ impl Segment {
 /// TCP checksum over the pseudo-header and `tcp` (checksum field included:
 /// a correct segment sums to zero, a zeroed field yields the value to store).
 pub fn tcp_checksum(src: IpAddr, dst: IpAddr, tcp: &[u8]) -> u16 {
-    let mut s = 0u64;
     match (src, dst) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => {
-            s = checksum::add_bytes(s, &a.octets());
-            s = checksum::add_bytes(s, &b.octets());
-        }
-        (IpAddr::V6(a), IpAddr::V6(b)) => {
-            s = checksum::add_bytes(s, &a.octets());
-            s = checksum::add_bytes(s, &b.octets());
-        }
+        (IpAddr::V4(a), IpAddr::V4(b)) => checksum::tcp(&a.octets(), &b.octets(), tcp),
+        (IpAddr::V6(a), IpAddr::V6(b)) => checksum::tcp(&a.octets(), &b.octets(), tcp),
         _ => panic!("mixed address families"),
     }
-    s = checksum::add32(s, 6);
-    s = checksum::add32(s, tcp.len() as u32);
-    checksum::finish(checksum::add_bytes(s, tcp))
 }
 
 /// A TCP segment parsed from a frame, with its checksums checked.
@@ -273,8 +263,8 @@ pub fn verify_synack(
     // The TSecr the client will echo is our TSval; it must date the SYN-ACK
     // now (within the default lifetime).
     let tsecr = synack.options.ts().map(|(tsval, _)| tsval);
-    let now_ms = crate::responder::cookie_clock_ms();
-    let max_age = crate::responder::DEFAULT_TS_MAX_AGE_MS;
+    let now_ms = ackgate::sys::clock::cookie_clock_ms();
+    let max_age = ackgate::xdp::DEFAULT_TS_MAX_AGE_MS;
     // The flow from the client's side: the SYN-ACK's destination is the client.
     match (synack.dst, synack.src) {
         (IpAddr::V4(c), IpAddr::V4(s)) => {

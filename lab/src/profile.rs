@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 
-use super::Lab;
+use crate::Lab;
 
 /// A client TCP stack.
 #[derive(Clone, Copy, Debug)]

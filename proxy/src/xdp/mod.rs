@@ -1,22 +1,28 @@
-//! The XDP responder: the embedded eBPF object, its maps, attachment and
-//! BPF_PROG_TEST_RUN access for tests and benchmarks.
+//! The XDP responder: the embedded eBPF object, its maps, keys and
+//! attachment. Only the product program is loaded; the harness programs
+//! the tests and the bench use live in their own object (`ackgate-lab`).
+
+pub mod counters;
+pub mod ring;
+pub mod secret;
 
 use std::{fmt, net::SocketAddr};
 
 use ackgate_common::wire::{
-    Addresses, BenchFrame, Config, Counter, Handoff, KeySlot, RecentKey, RecentSynAck,
-    BENCH_FRAME_MAX, COUNTERS, FLAG_HANDOFF, KEY_SLOTS, MAP_ADDRS, MAP_BENCH_FRAME,
-    MAP_BENCH_TARGET, MAP_CONFIG, MAP_COUNTERS, MAP_HANDOFF, MAP_KEYS, MAP_PORTS, MAP_RECENT,
-    PROG_BENCH, PROG_DROP, PROG_PASS, PROG_RESPONDER, SERVER_FIRST_SHIFT, V6_PORT_BIT,
+    Addresses, Config, KeySlot, RecentKey, RecentSynAck, COUNTERS, FLAG_HANDOFF, KEY_SLOTS,
+    MAP_ADDRS, MAP_CONFIG, MAP_COUNTERS, MAP_HANDOFF, MAP_KEYS, MAP_PORTS, MAP_RECENT,
+    PROG_RESPONDER, SERVER_FIRST_SHIFT, V6_PORT_BIT,
 };
 use aya::{
-    maps::{Array, MapError, PerCpuArray, ProgramArray, RingBuf},
-    programs::{ProgramError, TestRun, TestRunOptions, TestRunResult, Xdp, XdpMode},
+    maps::{Array, MapError, PerCpuArray, RingBuf},
+    programs::{ProgramError, Xdp, XdpMode},
     Ebpf, EbpfError,
 };
 use thiserror::Error;
 
-use crate::secret::Secret;
+pub use self::counters::Counters;
+use self::secret::Secret;
+use crate::sys::clock::cookie_clock_ms;
 
 /// The XDP object built by build.rs from `ebpf/`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ackgate"));
@@ -30,7 +36,7 @@ pub enum AttachMode {
 }
 
 impl AttachMode {
-    fn aya(self) -> XdpMode {
+    pub fn aya(self) -> XdpMode {
         match self {
             AttachMode::Native => XdpMode::Driver,
             AttachMode::Skb => XdpMode::Skb,
@@ -38,12 +44,19 @@ impl AttachMode {
     }
 }
 
-impl fmt::Display for AttachMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl AttachMode {
+    /// As the command line and the metrics spell it.
+    pub fn name(self) -> &'static str {
+        match self {
             AttachMode::Native => "native",
             AttachMode::Skb => "skb",
-        })
+        }
+    }
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -106,44 +119,9 @@ pub enum ResponderError {
     TooManyAddresses { family: &'static str, max: usize },
     #[error("BPF map {name}: {err}")]
     Map { name: &'static str, err: MapError },
-    #[error("BPF_PROG_TEST_RUN failed: {0}")]
-    TestRun(ProgramError),
 }
 
 type Result<T> = std::result::Result<T, ResponderError>;
-
-/// Summed per-CPU counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters(pub [u64; COUNTERS]);
-
-impl Counters {
-    pub fn get(&self, c: Counter) -> u64 {
-        self.0[c as usize]
-    }
-
-    /// Element-wise `self - earlier`.
-    pub fn since(&self, earlier: &Counters) -> Counters {
-        let mut d = [0; COUNTERS];
-        for (i, v) in d.iter_mut().enumerate() {
-            *v = self.0[i].wrapping_sub(earlier.0[i]);
-        }
-        Counters(d)
-    }
-}
-
-impl fmt::Display for Counters {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut first = true;
-        for c in Counter::ALL {
-            if !first {
-                f.write_str(" ")?;
-            }
-            first = false;
-            write!(f, "{}={}", c.name(), self.get(c))?;
-        }
-        Ok(())
-    }
-}
 
 /// A loaded (verified) responder program and its maps. Dropping it detaches
 /// the program: the attachment is a bpf_link owned by this process, so a
@@ -155,32 +133,11 @@ pub struct Responder {
     config: Config,
 }
 
-/// Unix time in milliseconds (wrapping): the clock of SYN-ACK TSvals. A
-/// fleet's instances agree on it (NTP), unlike on uptime; each flow adds a
-/// secret offset, so TSvals reveal neither.
-pub fn cookie_clock_ms() -> u32 {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    d.as_millis() as u32
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
-
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> ResponderError {
     move |source| ResponderError::Map { name, err: source }
 }
 
-fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+pub fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
     let prog: &mut Xdp = ebpf
         .program_mut(name)
         .ok_or_else(|| {
@@ -214,8 +171,6 @@ impl Responder {
     pub fn load() -> Result<Self> {
         let mut ebpf = Ebpf::load(OBJECT).map_err(ResponderError::Object)?;
         load_program(&mut ebpf, PROG_RESPONDER)?;
-        load_program(&mut ebpf, PROG_DROP)?;
-        load_program(&mut ebpf, PROG_BENCH)?;
         Ok(Responder {
             ebpf,
             attached: None,
@@ -254,17 +209,9 @@ impl Responder {
         let am: Array<_, Addresses> =
             Array::try_from(self.map_mut(MAP_ADDRS)?).map_err(map_err(MAP_ADDRS))?;
         let mut a = am.get(&0, 0).map_err(map_err(MAP_ADDRS))?;
-        let bit = match addr {
-            SocketAddr::V4(v) => {
-                let w = u32::from_ne_bytes(v.ip().octets());
-                slot_for(&mut a.v4, &mut a.n4, w, "IPv4")?
-            }
-            SocketAddr::V6(v) => {
-                let o = v.ip().octets();
-                let w =
-                    [0, 4, 8, 12].map(|k| u32::from_ne_bytes([o[k], o[k + 1], o[k + 2], o[k + 3]]));
-                V6_PORT_BIT + slot_for(&mut a.v6, &mut a.n6, w, "IPv6")?
-            }
+        let bit = match ring::words(addr.ip()) {
+            ([w, ..], 4) => slot_for(&mut a.v4, &mut a.n4, w, "IPv4")?,
+            (w, _) => V6_PORT_BIT + slot_for(&mut a.v6, &mut a.n6, w, "IPv6")?,
         };
         // Port bit first, then the address that makes it reachable.
         {
@@ -334,8 +281,7 @@ impl Responder {
 
     /// Turns the ACK path on or off: on, ACKs for flows the kernel has no
     /// socket for must carry a valid cookie, and valid ones become `Handoff`
-    /// events (see [`Responder::drain_handoffs`]) instead of reaching the
-    /// kernel.
+    /// events in the ring (see [`ring`]) instead of reaching the kernel.
     pub fn set_handoff(&mut self, on: bool) -> Result<()> {
         if on {
             self.config.flags |= FLAG_HANDOFF;
@@ -348,8 +294,13 @@ impl Responder {
         cfg.set(0, c, 0).map_err(map_err(MAP_CONFIG))
     }
 
+    /// The handoff ring, left in place (for a consumer that polls it).
+    pub fn handoff_ring(&mut self) -> Result<RingBuf<&mut aya::maps::MapData>> {
+        RingBuf::try_from(self.map_mut(MAP_HANDOFF)?).map_err(map_err(MAP_HANDOFF))
+    }
+
     /// Takes the handoff ring buffer out (for an async consumer that polls
-    /// its fd); [`Responder::drain_handoffs`] cannot be used afterwards.
+    /// its fd); [`Responder::handoff_ring`] cannot be used afterwards.
     pub fn take_handoff_ring(&mut self) -> Result<RingBuf<aya::maps::MapData>> {
         let m = self.ebpf.take_map(MAP_HANDOFF).ok_or(ResponderError::Map {
             name: MAP_HANDOFF,
@@ -372,21 +323,6 @@ impl Responder {
             },
         })?;
         aya::maps::HashMap::try_from(m).map_err(map_err(MAP_RECENT))
-    }
-
-    /// Takes every handoff event waiting in the ring buffer.
-    pub fn drain_handoffs(&mut self) -> Result<Vec<Handoff>> {
-        let mut ring: RingBuf<_> =
-            RingBuf::try_from(self.map_mut(MAP_HANDOFF)?).map_err(map_err(MAP_HANDOFF))?;
-        let mut out = Vec::new();
-        while let Some(item) = ring.next() {
-            if item.len() >= std::mem::size_of::<Handoff>() {
-                // SAFETY: the program writes whole `Handoff` records (plain
-                // integers, valid for any bits); read unaligned to be safe.
-                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Handoff>()) });
-            }
-        }
-        Ok(out)
     }
 
     /// Refreshes the millisecond clock the SYN-ACK TSvals carry; call it
@@ -413,7 +349,7 @@ impl Responder {
     /// Attaches to `iface` (in the calling thread's network namespace), and
     /// answers only frames to its MAC from then on.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
-        let mac = crate::netdev::mac(iface).map_err(|err| ResponderError::Interface {
+        let mac = crate::sys::netdev::mac(iface).map_err(|err| ResponderError::Interface {
             iface: iface.to_string(),
             err,
         })?;
@@ -442,75 +378,10 @@ impl Responder {
         Ok(Counters(out))
     }
 
-    /// Runs the program once on `frame` (BPF_PROG_TEST_RUN); the output frame
-    /// is written to `out`.
-    pub fn test_run(&self, frame: &[u8], out: &mut [u8]) -> Result<TestRunResult> {
-        let prog: &Xdp = self.program(PROG_RESPONDER)?;
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(out),
-            ..Default::default()
-        };
-        prog.test_run(opts).map_err(ResponderError::TestRun)
-    }
-
-    /// Times `repeat` runs of the responder (or, with `baseline`, of the
-    /// XDP_DROP program) on `frame`, in BPF_PROG_TEST_RUN's in-kernel loop.
-    /// Each run goes through the `ackgate_bench` harness, which restores the
-    /// frame first: the responder rewrites its input, and must see a fresh
-    /// SYN every time. Returns the kernel's mean duration per run (harness
-    /// included; subtract a baseline run).
-    pub fn bench_run(
-        &mut self,
-        baseline: bool,
-        frame: &[u8],
-        repeat: u32,
-    ) -> Result<TestRunResult> {
-        if frame.len() > BENCH_FRAME_MAX || frame.len() < 14 {
-            return Err(ResponderError::TestRun(ProgramError::SyscallError(
-                aya::sys::SyscallError {
-                    call: "bench frame",
-                    io_error: std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        "frame must be 14..=124 bytes",
-                    ),
-                },
-            )));
-        }
-        let mut t = BenchFrame {
-            len: frame.len() as u32,
-            bytes: [0; BENCH_FRAME_MAX],
-        };
-        t.bytes[..frame.len()].copy_from_slice(frame);
-        let mut fm: Array<_, BenchFrame> =
-            Array::try_from(self.map_mut(MAP_BENCH_FRAME)?).map_err(map_err(MAP_BENCH_FRAME))?;
-        fm.set(0, t, 0).map_err(map_err(MAP_BENCH_FRAME))?;
-        let target = self.program(if baseline { PROG_DROP } else { PROG_RESPONDER })?;
-        let fd = target
-            .fd()
-            .map_err(ResponderError::Load)?
-            .try_clone()
-            .map_err(|e| {
-                ResponderError::TestRun(ProgramError::SyscallError(aya::sys::SyscallError {
-                    call: "dup",
-                    io_error: e,
-                }))
-            })?;
-        let mut pa: ProgramArray<_> = ProgramArray::try_from(self.map_mut(MAP_BENCH_TARGET)?)
-            .map_err(map_err(MAP_BENCH_TARGET))?;
-        pa.set(0, &fd, 0).map_err(map_err(MAP_BENCH_TARGET))?;
-        let harness = self.program(PROG_BENCH)?;
-        let mut out = [0u8; 256];
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            repeat,
-            ..Default::default()
-        };
-        harness.test_run(opts).map_err(ResponderError::TestRun)
-    }
-
-    fn program(&self, name: &str) -> Result<&Xdp> {
+    /// The loaded responder program (for BPF_PROG_TEST_RUN in tests and
+    /// benchmarks).
+    pub fn program(&self) -> Result<&Xdp> {
+        let name = PROG_RESPONDER;
         self.ebpf
             .program(name)
             .ok_or_else(|| ResponderError::Load(ProgramError::InvalidName { name: name.into() }))?
@@ -539,7 +410,7 @@ fn slot_for<T: PartialEq + Copy>(
     Ok(i as u32)
 }
 
-fn attach_named(ebpf: &mut Ebpf, prog: &str, iface: &str, mode: AttachMode) -> Result<()> {
+pub fn attach_named(ebpf: &mut Ebpf, prog: &str, iface: &str, mode: AttachMode) -> Result<()> {
     if nix::net::if_::if_nametoindex(iface).is_err() {
         return Err(ResponderError::NoInterface(iface.to_string()));
     }
@@ -559,29 +430,4 @@ fn attach_named(ebpf: &mut Ebpf, prog: &str, iface: &str, mode: AttachMode) -> R
                 AttachMode::Skb => "",
             },
         })
-}
-
-/// The pass-through program attached to the far end of a veth: veth only
-/// delivers `XDP_TX` frames to a peer that runs XDP itself.
-pub struct PassProgram {
-    _ebpf: Ebpf,
-}
-
-impl PassProgram {
-    pub fn attach(iface: &str) -> Result<Self> {
-        Self::attach_program(PROG_PASS, iface)
-    }
-
-    /// The `XDP_DROP` program instead: a sink that costs the receiver as
-    /// little as anything can (the bench's generator ceiling).
-    pub fn attach_drop(iface: &str) -> Result<Self> {
-        Self::attach_program(PROG_DROP, iface)
-    }
-
-    fn attach_program(name: &str, iface: &str) -> Result<Self> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(ResponderError::Object)?;
-        load_program(&mut ebpf, name)?;
-        attach_named(&mut ebpf, name, iface, AttachMode::Native)?;
-        Ok(PassProgram { _ebpf: ebpf })
-    }
 }

@@ -13,7 +13,7 @@ use std::{
 use serde_json::{json, Value};
 use thiserror::Error;
 
-use crate::metrics as m;
+use crate::telemetry::metrics as m;
 
 /// `ackgate stats`'s flags.
 #[derive(clap::Args, Debug)]

@@ -22,7 +22,7 @@ use metrics::{
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 use thiserror::Error;
 
-use crate::{relay::Moved, responder::Counters};
+use crate::{relay::Moved, xdp::Counters};
 
 /// Address `ackgate stats` reads when given none, and the one the example
 /// config serves on.
@@ -362,7 +362,7 @@ impl Stats {
     }
 
     /// What a retransmission tick did (server-first services).
-    pub fn synack_retransmits(&self, t: &crate::retransmit::Tick) {
+    pub fn synack_retransmits(&self, t: &crate::handoff::retransmit::Tick) {
         self.synack_retransmits.fetch_add(t.sent, Relaxed);
         for (c, n) in self
             .m_retransmits

@@ -13,7 +13,7 @@ use std::{
 
 use tokio::net::TcpStream;
 
-use crate::metrics::BackendMetrics;
+use crate::telemetry::metrics::BackendMetrics;
 
 pub struct Backends {
     addrs: Vec<SocketAddr>,
@@ -39,6 +39,15 @@ impl Backends {
             backoff,
             connect_timeout,
         }
+    }
+
+    /// How many backends there are.
+    pub fn len(&self) -> usize {
+        self.addrs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.addrs.is_empty()
     }
 
     fn is_up(&self, i: usize, now: Instant) -> bool {

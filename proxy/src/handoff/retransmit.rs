@@ -19,14 +19,17 @@
 
 use std::{
     collections::{HashMap as Seen, HashSet},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     time::Instant,
 };
 
 use ackgate_common::wire::{RecentKey, RecentSynAck};
 use aya::maps::{HashMap, MapData, MapError};
 
-use crate::handoff::WindowOpener;
+use crate::{
+    sys::raw::RawSender,
+    xdp::ring::{ip_of, words},
+};
 
 /// Ages (ms since the SYN-ACK) at which it is sent again: Linux's first
 /// three SYN-ACK retransmissions.
@@ -54,19 +57,6 @@ pub struct Retransmitter {
     refilled: Instant,
 }
 
-fn words(ip: IpAddr) -> ([u32; 4], u8) {
-    match ip {
-        IpAddr::V4(a) => ([u32::from_ne_bytes(a.octets()), 0, 0, 0], 4),
-        IpAddr::V6(a) => {
-            let o = a.octets();
-            (
-                [0, 4, 8, 12].map(|k| u32::from_ne_bytes([o[k], o[k + 1], o[k + 2], o[k + 3]])),
-                6,
-            )
-        }
-    }
-}
-
 /// The `RECENT` key of a flow (client and service as the client sees them).
 pub fn key(client: SocketAddr, service: SocketAddr) -> RecentKey {
     let (c, family) = words(client.ip());
@@ -81,46 +71,14 @@ pub fn key(client: SocketAddr, service: SocketAddr) -> RecentKey {
     }
 }
 
-fn ip_of(w: &[u32; 4], family: u8) -> IpAddr {
-    if family == 4 {
-        Ipv4Addr::from(w[0].to_ne_bytes()).into()
-    } else {
-        let mut o = [0u8; 16];
-        for (i, x) in w.iter().enumerate() {
-            o[4 * i..4 * i + 4].copy_from_slice(&x.to_ne_bytes());
-        }
-        Ipv6Addr::from(o).into()
-    }
-}
-
-/// The IP packet that carries a remembered SYN-ACK again: a fresh IP
-/// header, the TCP bytes as XDP sent them (their checksum covers the same
-/// addresses).
-fn packet(k: &RecentKey, v: &RecentSynAck) -> Option<(IpAddr, Vec<u8>)> {
+/// A remembered SYN-ACK's source, destination and TCP bytes as XDP sent
+/// them (their checksum covers the same addresses; a fresh IP header goes
+/// around them).
+fn packet<'a>(k: &RecentKey, v: &'a RecentSynAck) -> Option<(IpAddr, IpAddr, &'a [u8])> {
     let tcp = v.tcp.get(..v.tcp_len as usize)?;
-    let (src, dst) = (ip_of(&k.service, k.family), ip_of(&k.client, k.family));
-    let mut p = Vec::with_capacity(40 + tcp.len());
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let tot = (20 + tcp.len()) as u16;
-            p.extend_from_slice(&[0x45, 0]);
-            p.extend_from_slice(&tot.to_be_bytes());
-            // ID 0 and checksum 0: the kernel fills both for IP_HDRINCL.
-            p.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
-            p.extend_from_slice(&s.octets());
-            p.extend_from_slice(&d.octets());
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            p.extend_from_slice(&[0x60, 0, 0, 0]);
-            p.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
-            p.extend_from_slice(&[6, 64]);
-            p.extend_from_slice(&s.octets());
-            p.extend_from_slice(&d.octets());
-        }
-        _ => return None,
-    }
-    p.extend_from_slice(tcp);
-    Some((dst, p))
+    let service = ip_of(&k.service, k.family)?;
+    let client = ip_of(&k.client, k.family)?;
+    Some((service, client, tcp))
 }
 
 impl Retransmitter {
@@ -144,7 +102,7 @@ impl Retransmitter {
     }
 
     /// Sends the SYN-ACKs that are due at `now_ms` (the cookie clock).
-    pub fn tick(&mut self, now_ms: u32, opener: &WindowOpener) -> Tick {
+    pub fn tick(&mut self, now_ms: u32, sender: &RawSender) -> Tick {
         let mut t = Tick::default();
         let elapsed = self.refilled.elapsed().as_secs_f64();
         self.refilled = Instant::now();
@@ -172,7 +130,7 @@ impl Retransmitter {
             }
             self.tokens -= 1.0;
             self.sent.insert(k, n + 1);
-            match packet(&k, &v).map(|(dst, p)| opener.send_packet(dst, &p)) {
+            match packet(&k, &v).map(|(src, dst, tcp)| sender.send_tcp(src, dst, tcp)) {
                 Some(Ok(())) => t.sent += 1,
                 _ => t.failed += 1,
             }
@@ -199,8 +157,10 @@ mod tests {
             sent_ms: 0,
         };
         v.tcp[0] = 0xab;
-        let (dst, p) = packet(&k, &v).unwrap();
-        assert_eq!(dst, c.ip());
+        let (src, dst, tcp) = packet(&k, &v).unwrap();
+        assert_eq!((src, dst), (s.ip(), c.ip()));
+        assert_eq!((tcp.len(), tcp[0]), (24, 0xab));
+        let p = crate::sys::raw::ip_packet(src, dst, tcp).unwrap();
         assert_eq!(p.len(), 44);
         assert_eq!(&p[12..20], &[198, 18, 0, 1, 198, 18, 0, 2]);
         assert_eq!(p[20], 0xab);
@@ -208,8 +168,9 @@ mod tests {
             "[fd00::2]:5".parse().unwrap(),
             "[fd00::1]:22".parse().unwrap(),
         );
-        let (dst, p) = packet(&k6, &v).unwrap();
+        let (src, dst, tcp) = packet(&k6, &v).unwrap();
         assert_eq!(dst, "fd00::2".parse::<IpAddr>().unwrap());
+        let p = crate::sys::raw::ip_packet(src, dst, tcp).unwrap();
         assert_eq!((p.len(), p[6], p[40]), (64, 6, 0xab));
         v.tcp_len = 41;
         assert!(packet(&k6, &v).is_none(), "a length past the buffer");

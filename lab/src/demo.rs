@@ -1,30 +1,34 @@
-//! `ackgate demo`: the README's first command. Builds a lab, runs the real
+//! The demo (`ackgate-demo`, run by the README's first command). Builds a lab, runs the real
 //! `ackgate run` in the gateway namespace in front of a small HTTP backend,
 //! and shows the whole job: kernel clients served over IPv4 and IPv6 with
 //! cookie SYN-ACKs that verify, a spoofed SYN burst and forged ACKs absorbed
 //! in XDP while a client is still served, and the metrics that saw it all.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener},
     os::unix::fs::PermissionsExt as _,
-    process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-        mpsc, Arc,
+        Arc,
     },
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 use rand::{Rng as _, SeedableRng as _};
 
+use ackgate::{
+    telemetry::stats::{render, scrape, summarize, Snapshot},
+    xdp::secret::{current_epoch, Secret},
+};
+
 use crate::{
-    lab::{Capture, Lab},
-    packet::{Segment, TCP_ACK},
-    responder::PassProgram,
-    secret::{current_epoch, Secret},
-    stats::{render, scrape, summarize, Snapshot},
+    frame::{self, Segment, TCP_ACK},
+    harness::Attached,
+    netns::unique,
+    process::{workspace_bin, Process},
+    servers::{self, StopOnDrop},
+    Capture, Lab,
 };
 
 const METRICS: &str = "127.0.0.1:9469";
@@ -32,34 +36,6 @@ const BACKEND: &str = "127.0.0.1:8080";
 const FLOOD_SYNS: usize = 20_000;
 const FORGED_ACKS: usize = 5_000;
 const BODY: &str = "hello from the backend, through ackgate\n";
-
-/// The `ackgate run` child; killed if the demo fails half-way.
-struct Ackgate {
-    child: Child,
-    log: mpsc::Receiver<String>,
-}
-
-impl Drop for Ackgate {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Ackgate {
-    fn wait_for(&self, text: &str, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.log.recv_timeout(left) {
-                Ok(l) if l.contains(text) => return Ok(()),
-                Ok(l) => seen.push(l),
-                Err(_) => bail!("ackgate did not log '{text}': {}", seen.join("\n")),
-            }
-        }
-    }
-}
 
 /// Removes the demo's secret file however the demo ends.
 struct TempDir(std::path::PathBuf);
@@ -82,7 +58,7 @@ pub fn run() -> Result<()> {
     );
 
     // The fleet secret, so the demo can check the cookies itself.
-    let dir = TempDir(std::env::temp_dir().join(crate::lab::unique("ackgate-demo")));
+    let dir = TempDir(std::env::temp_dir().join(unique("ackgate-demo")));
     std::fs::create_dir(&dir.0)?;
     let secret = Secret(rand::random());
     let secret_file = dir.0.join("secret");
@@ -97,15 +73,15 @@ pub fn run() -> Result<()> {
     let accepted = Arc::new(AtomicU64::new(0));
     let backend = {
         let (stop, accepted) = (stop.clone(), accepted.clone());
-        std::thread::spawn(move || http_backend(listener, &stop, &accepted))
+        std::thread::spawn(move || servers::http(listener, &stop, &accepted, BODY))
     };
-    let _stop_backend = StopFlag(stop);
+    let _stop_backend = StopOnDrop(&stop);
 
     let cif = lab.client_if;
-    let _pass = lab.client.run(move || PassProgram::attach(cif))??;
+    let _pass = lab.client.run(move || Attached::pass(cif))??;
 
     let services: [SocketAddr; 2] = [(lab.vip4, 80).into(), (lab.vip6, 80).into()];
-    let exe = std::env::current_exe().context("locating the ackgate binary")?;
+    let exe = workspace_bin("ackgate")?;
     let args = [
         "run".to_string(),
         "--iface".into(),
@@ -124,17 +100,9 @@ pub fn run() -> Result<()> {
         "0".into(),
     ];
     println!("\nin the gateway: ackgate {}", args.join(" "));
-    let mut cmd: Command = lab.gw.command(exe.to_str().context("binary path")?);
-    cmd.args(&args).stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().context("starting ackgate run")?;
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().context("ackgate's log")?;
-    std::thread::spawn(move || {
-        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    let ag = Ackgate { child, log: rx };
+    let mut cmd = lab.gw.command(exe.to_str().context("binary path")?);
+    cmd.args(&args);
+    let mut ag = Process::spawn("ackgate run", cmd)?;
     ag.wait_for("proxy ready", Duration::from_secs(30))?;
     let metrics: SocketAddr = METRICS.parse()?;
     let snap = || -> Result<Snapshot> {
@@ -155,7 +123,7 @@ pub fn run() -> Result<()> {
     for target in services {
         let (hs, response) = lab.request(target, Duration::from_secs(3), Some(request))?;
         let p = &hs.synack;
-        let verdict = crate::packet::verify_synack(&secret.0, current_epoch(60), p);
+        let verdict = frame::verify_synack(&secret.0, current_epoch(60), p);
         let response = String::from_utf8_lossy(&response);
         println!(
             "\nGET http://{target}/ from the client: connected in {:.0} us, {}",
@@ -279,53 +247,13 @@ pub fn run() -> Result<()> {
         "backend saw {backend_saw} connections"
     );
 
-    let mut ag = ag;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(ag.child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )?;
-    ag.wait_for("counters:", Duration::from_secs(15))?;
-    let status = ag.child.wait()?;
-    ensure!(status.success(), "ackgate exited with {status}");
-    drop(ag);
+    let (status, log) = ag.stop(Duration::from_secs(15))?;
+    ensure!(
+        status.success() && log.iter().any(|l| l.contains("counters:")),
+        "ackgate exited with {status}: {log:?}"
+    );
     drop(_stop_backend);
     let _ = backend.join();
     println!("ackgate stopped (XDP detached); demo finished, lab removed");
     Ok(())
-}
-
-struct StopFlag(Arc<AtomicBool>);
-
-impl Drop for StopFlag {
-    fn drop(&mut self) {
-        self.0.store(true, Relaxed);
-    }
-}
-
-/// Answers every request with a short 200 until `stop`.
-fn http_backend(l: TcpListener, stop: &AtomicBool, accepted: &AtomicU64) {
-    let _ = l.set_nonblocking(true);
-    while !stop.load(Relaxed) {
-        match l.accept() {
-            Ok((mut s, _)) => {
-                accepted.fetch_add(1, Relaxed);
-                let _ = s.set_nonblocking(false);
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut buf = [0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
-                    BODY.len()
-                );
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
 }

@@ -1,0 +1,8 @@
+//! The operating system as ackgate uses it: clocks, interfaces, sysctls,
+//! socket options and the raw sockets that write whole IP packets.
+
+pub mod clock;
+pub mod netdev;
+pub mod raw;
+pub mod sockopt;
+pub mod sysctl;
