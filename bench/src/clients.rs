@@ -123,7 +123,7 @@ fn measure(lab: &Lab, p: &Profile, mib: usize, runs: usize) -> Result<Vec<Row>> 
     let data = transfer::pattern(mib << 20);
     std::thread::scope(|sc| -> Result<Vec<Row>> {
         sc.spawn(|| transfer::serve(l, &stop));
-        let _stop = Stop(&stop);
+        let _stop = ackgate_lab::servers::StopOnDrop(&stop);
         let _ag = ackgate(lab, true)?;
         let _relay = ackgate(lab, false)?;
         let mut rows = Vec::new();
@@ -160,14 +160,6 @@ fn measure(lab: &Lab, p: &Profile, mib: usize, runs: usize) -> Result<Vec<Row>> 
         }
         Ok(rows)
     })
-}
-
-struct Stop<'a>(&'a AtomicBool);
-
-impl Drop for Stop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 pub fn run(a: Args) -> Result<()> {

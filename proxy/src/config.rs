@@ -421,6 +421,12 @@ impl Plan {
     /// one was given, and a timestamp cookie's lifetime of exactly one
     /// epoch (the epoch bits alone would allow one to two).
     pub fn settings(&self) -> Result<Settings, ConfigError> {
+        if nix::net::if_::if_nametoindex(self.iface.as_str()).is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "no such interface: {}",
+                self.iface
+            )));
+        }
         let mtu = crate::sys::netdev::mtu(&self.iface)
             .map_err(|e| ConfigError::Invalid(format!("interface {}: {e:#}", self.iface)))?;
         let mut s = Settings::for_mtu(mtu);

@@ -5,7 +5,6 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -14,7 +13,7 @@ use ackgate_tests::{counter, last_counters, require_root, run_ackgate, Process};
 
 /// nginx in the gateway namespace, killed and its directory removed on drop.
 struct Nginx {
-    child: Child,
+    _process: Process,
     dir: PathBuf,
 }
 
@@ -54,15 +53,13 @@ http {{
 "
         );
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = lab
-            .gw
-            .command("nginx")
-            .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx (Debian package nginx-light)");
-        let n = Nginx { child, dir };
+        let mut cmd = lab.gw.command("nginx");
+        cmd.args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string()]);
+        let n = Nginx {
+            _process: Process::spawn("nginx", cmd)
+                .expect("start nginx (Debian package nginx-light)"),
+            dir,
+        };
         // Ready when its port answers.
         let deadline = Instant::now() + Duration::from_secs(10);
         while lab
@@ -83,8 +80,6 @@ http {{
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -194,37 +189,31 @@ document.getElementById('result').textContent = 'status=' + x.status + ' len=' +
 /// Headless Chromium (Debian's) in the client namespace: the DOM of `url`
 /// after load.
 fn chromium_dom(lab: &Lab, url: &str, profile: &Path) -> String {
-    let mut child = lab
-        .client
-        .command("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(["--dump-dom", url])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromium (Debian package chromium)");
+    let mut cmd = lab.client.command("chromium");
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .args(["--dump-dom", url]);
+    let mut p = Process::spawn("chromium", cmd).expect("start chromium (Debian package chromium)");
     let deadline = Instant::now() + Duration::from_secs(90);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("chromium did not finish loading {url} within 90 s");
-        }
+    while p.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "chromium did not finish loading {url} within 90 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
-    out
+    let (_, lines) = p.stop(Duration::from_secs(5)).unwrap();
+    lines.join("\n")
 }
 
 #[test]

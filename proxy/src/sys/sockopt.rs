@@ -72,33 +72,24 @@ pub fn get<T: Copy>(fd: &OwnedFd, level: i32, name: i32, mut v: T) -> io::Result
 
 /// bind(2).
 pub fn bind(fd: &OwnedFd, a: &SocketAddr) -> io::Result<()> {
-    let (ss, len) = sockaddr(a);
-    // SAFETY: a valid address of the length passed.
-    if unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&ss as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // SAFETY: a valid descriptor and address of the length passed.
+    with_sockaddr(a, |sa, len| unsafe { libc::bind(fd.as_raw_fd(), sa, len) })
 }
 
 /// connect(2), blocking (for repair mode, where it sends nothing).
 pub fn connect(fd: &OwnedFd, a: &SocketAddr) -> io::Result<()> {
+    // SAFETY: a valid descriptor and address of the length passed.
+    with_sockaddr(a, |sa, len| unsafe { libc::connect(fd.as_raw_fd(), sa, len) })
+}
+
+/// Calls `f` with `a` as the kernel reads it; a non-zero return is the
+/// error in errno.
+fn with_sockaddr(
+    a: &SocketAddr,
+    f: impl FnOnce(*const libc::sockaddr, u32) -> i32,
+) -> io::Result<()> {
     let (ss, len) = sockaddr(a);
-    // SAFETY: a valid address of the length passed.
-    if unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&ss as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    } != 0
-    {
+    if f((&ss as *const libc::sockaddr_storage).cast(), len) != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
