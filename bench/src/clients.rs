@@ -24,6 +24,7 @@ use std::{
 use ackgate_lab::{
     harness::Attached,
     profile::{Profile, PROFILES},
+    servers::StopOnDrop,
     transfer, Lab, Process,
 };
 use anyhow::{Context as _, Result};
@@ -123,7 +124,7 @@ fn measure(lab: &Lab, p: &Profile, mib: usize, runs: usize) -> Result<Vec<Row>> 
     let data = transfer::pattern(mib << 20);
     std::thread::scope(|sc| -> Result<Vec<Row>> {
         sc.spawn(|| transfer::serve(l, &stop));
-        let _stop = ackgate_lab::servers::StopOnDrop(&stop);
+        let _stop = StopOnDrop(&stop);
         let _ag = ackgate(lab, true)?;
         let _relay = ackgate(lab, false)?;
         let mut rows = Vec::new();
@@ -163,11 +164,8 @@ fn measure(lab: &Lab, p: &Profile, mib: usize, runs: usize) -> Result<Vec<Row>> 
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let (mib, runs) = if a.common.quick {
-        (4, 1)
-    } else {
-        (a.mib.max(1), a.runs.max(1))
-    };
+    let mib = a.common.pick(4, a.mib.max(1));
+    let runs = a.common.pick(1, a.runs.max(1));
     let mut rows = Vec::new();
     for p in PROFILES
         .iter()

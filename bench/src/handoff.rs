@@ -11,14 +11,14 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use ackgate_lab::{harness::Attached, servers::StopOnDrop, Lab, Process};
 use anyhow::{ensure, Result};
 use serde::Serialize;
 
-use crate::Common;
+use crate::{report, Common};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -58,13 +58,13 @@ struct Report {
     rate_direct_per_s: f64,
 }
 
-fn pct(v: &mut [Duration]) -> Percentiles {
-    v.sort();
-    let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e6;
+fn pct(v: &[Duration]) -> Percentiles {
+    let mut us: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+    us.sort_by(f64::total_cmp);
     Percentiles {
-        median_us: at(0.5),
-        p99_us: at(0.99),
-        p999_us: at(0.999),
+        median_us: report::quantile(&us, 0.5),
+        p99_us: report::quantile(&us, 0.99),
+        p999_us: report::quantile(&us, 0.999),
     }
 }
 
@@ -83,18 +83,15 @@ fn one(target: SocketAddr) -> Result<Duration> {
 
 pub fn run(a: Args) -> Result<()> {
     ensure!(nix::unistd::geteuid().is_root(), "the lab needs root");
-    let (n, secs) = if a.common.quick {
-        (200, 1)
-    } else {
-        (a.connections.max(10), a.seconds.max(1))
-    };
+    let n = a.common.pick(200, a.connections.max(10));
+    let secs = a.common.pick(1, a.seconds.max(1));
     let bin = ackgate_lab::workspace_bin("ackgate")?;
     let lab = Lab::new()?;
     let _pass = lab.client.run(|| Attached::pass("cli0"))??;
     let backend: SocketAddr = (lab.vip4, 9000).into();
     let l = lab.gw.run(move || TcpListener::bind(backend))??;
     let stop = AtomicBool::new(false);
-    let report = std::thread::scope(|sc| -> Result<Report> {
+    let rep = std::thread::scope(|sc| -> Result<Report> {
         sc.spawn(|| ackgate_lab::servers::echo(l, &stop));
         let _stop = StopOnDrop(&stop);
         let mut cmd = lab.gw.command(bin.to_str().unwrap());
@@ -147,17 +144,12 @@ pub fn run(a: Args) -> Result<()> {
                     Ok((ag, direct, ra, rd))
                 })??;
         drop(ackgate);
-        let (mut ag, mut direct, ra, rd) = result;
-        let (pa, pd) = (pct(&mut ag), pct(&mut direct));
+        let (ag, direct, ra, rd) = result;
+        let (pa, pd) = (pct(&ag), pct(&direct));
         Ok(Report {
             benchmark: "handoff",
-            unix_time: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)?
-                .as_secs(),
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim()
-                .into(),
+            unix_time: report::unix_time(),
+            kernel: report::kernel(),
             connections: n,
             clients: a.clients,
             seconds: secs,
@@ -169,30 +161,23 @@ pub fn run(a: Args) -> Result<()> {
             rate_direct_per_s: rd,
         })
     })?;
-    std::fs::create_dir_all(&a.common.out)?;
-    std::fs::write(
-        a.common.out.join("handoff.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
     let md = format!(
         "### Handoff: connect-to-first-byte and connection rate (namespace lab, veth)\n\nkernel {}; {} sequential connections per path, alternating in rounds; rate with {} clients for {} s\n\n| path | median | p99 | p99.9 | connections/s |\n|---|---:|---:|---:|---:|\n| through ackgate | {:.0} us | {:.0} us | {:.0} us | {:.0} |\n| direct to the backend | {:.0} us | {:.0} us | {:.0} us | {:.0} |\n\nackgate adds {:.0} us at the median and {:.0} us at p99; it completes {:.2}x the direct connection rate.\n",
-        report.kernel,
-        report.connections,
-        report.clients,
-        report.seconds,
-        report.ttfb_ackgate.median_us,
-        report.ttfb_ackgate.p99_us,
-        report.ttfb_ackgate.p999_us,
-        report.rate_ackgate_per_s,
-        report.ttfb_direct.median_us,
-        report.ttfb_direct.p99_us,
-        report.ttfb_direct.p999_us,
-        report.rate_direct_per_s,
-        report.added_median_us,
-        report.added_p99_us,
-        report.rate_ackgate_per_s / report.rate_direct_per_s,
+        rep.kernel,
+        rep.connections,
+        rep.clients,
+        rep.seconds,
+        rep.ttfb_ackgate.median_us,
+        rep.ttfb_ackgate.p99_us,
+        rep.ttfb_ackgate.p999_us,
+        rep.rate_ackgate_per_s,
+        rep.ttfb_direct.median_us,
+        rep.ttfb_direct.p99_us,
+        rep.ttfb_direct.p999_us,
+        rep.rate_direct_per_s,
+        rep.added_median_us,
+        rep.added_p99_us,
+        rep.rate_ackgate_per_s / rep.rate_direct_per_s,
     );
-    std::fs::write(a.common.out.join("handoff.md"), &md)?;
-    println!("{md}");
-    Ok(())
+    report::write(&a.common.out, "handoff", &rep, &md, &[])
 }

@@ -30,15 +30,15 @@ enum Cmd {
     /// SYN-ACKs answered per second on one core and softirq CPU per SYN:
     /// ackgate vs kernel SYN cookies vs nftables synproxy, under a flood
     /// from the attacker namespace (plus the generator's own ceiling).
-    Syn(scenarios::SynArgs),
+    Syn(scenarios::syn::Args),
     /// Legitimate open-loop clients under SYN floods of rising rate: success,
     /// connect and first-byte latency percentiles, SYN retransmissions;
     /// ackgate vs kernel SYN cookies vs nftables synproxy.
-    Attack(scenarios::AttackArgs),
+    Attack(scenarios::attack::Args),
     /// Connections per second through ackgate vs HAProxy vs direct.
-    Conn(scenarios::ConnArgs),
+    Conn(scenarios::conn::Args),
     /// Relay throughput and CPU per GB through ackgate vs HAProxy vs direct.
-    Bulk(scenarios::BulkArgs),
+    Bulk(scenarios::bulk::Args),
     /// Per-packet cost of the XDP SYN, verified-ACK, forged-ACK and pass
     /// paths from BPF_PROG_TEST_RUN, against an XDP_DROP program measured
     /// the same way.
@@ -62,6 +62,17 @@ pub struct Common {
     out: PathBuf,
 }
 
+impl Common {
+    /// `quick` under `--quick`, else `full`.
+    fn pick<T>(&self, quick: T, full: T) -> T {
+        if self.quick {
+            quick
+        } else {
+            full
+        }
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = lab::cleanup_on_signal() {
@@ -69,10 +80,10 @@ fn main() {
         std::process::exit(1);
     }
     let r: Result<()> = match cli.cmd {
-        Cmd::Syn(a) => scenarios::syn(a),
-        Cmd::Attack(a) => scenarios::attack(a),
-        Cmd::Conn(a) => scenarios::conn(a),
-        Cmd::Bulk(a) => scenarios::bulk(a),
+        Cmd::Syn(a) => scenarios::syn::run(a),
+        Cmd::Attack(a) => scenarios::attack::run(a),
+        Cmd::Conn(a) => scenarios::conn::run(a),
+        Cmd::Bulk(a) => scenarios::bulk::run(a),
         Cmd::Xdp(a) => xdp::run(a),
         Cmd::Handoff(a) => handoff::run(a),
         Cmd::Clients(a) => clients::run(a),

@@ -1,4 +1,5 @@
-//! Reports: the machine, statistics over runs, and SVG charts.
+//! Every report's parts: the machine, statistics over runs, the JSON and
+//! Markdown files, and SVG charts.
 
 use std::{fmt::Write as _, path::Path, process::Command};
 
@@ -39,16 +40,36 @@ fn first_line(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_else(|_| "not installed".into())
 }
 
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+pub fn kernel() -> String {
+    read("/proc/sys/kernel/osrelease").trim().into()
+}
+
+pub fn cpu_model() -> String {
+    read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+pub fn nproc() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
+}
+
+pub fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 impl Machine {
     pub fn probe() -> Self {
-        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-        let cpu = read("/proc/cpuinfo")
-            .lines()
-            .find(|l| l.starts_with("model name"))
-            .and_then(|l| l.split(':').nth(1))
-            .unwrap_or("")
-            .trim()
-            .to_string();
         let mem_kib: f64 = read("/proc/meminfo")
             .lines()
             .find(|l| l.starts_with("MemTotal:"))
@@ -56,17 +77,15 @@ impl Machine {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0);
         Machine {
-            kernel: read("/proc/sys/kernel/osrelease").trim().into(),
-            cpu,
-            nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel: kernel(),
+            cpu: cpu_model(),
+            nproc: nproc(),
             mem_gib: (mem_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
             ackgate: env!("CARGO_PKG_VERSION"),
             nginx: first_line("nginx", &["-v"]),
             haproxy: first_line("haproxy", &["-v"]),
             nft: first_line("nft", &["--version"]),
-            unix_time: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            unix_time: unix_time(),
         }
     }
 
@@ -74,6 +93,35 @@ impl Machine {
         format!(
             "kernel {}, {} ({} CPUs, {} GiB); {}; {}; {}",
             self.kernel, self.cpu, self.nproc, self.mem_gib, self.nginx, self.haproxy, self.nft
+        )
+    }
+}
+
+/// The start of a lab scenario's report: what ran, where, how often.
+/// Flattened into the report, so these stay top-level JSON fields.
+#[derive(Serialize)]
+pub struct Header {
+    pub benchmark: &'static str,
+    pub machine: Machine,
+    pub runs: usize,
+}
+
+impl Header {
+    pub fn probe(benchmark: &'static str, runs: usize) -> Self {
+        Header {
+            benchmark,
+            machine: Machine::probe(),
+            runs,
+        }
+    }
+
+    /// Title, machine, and the command line that made the numbers.
+    pub fn markdown(&self, title: &str, quick: bool) -> String {
+        format!(
+            "### {title}\n\n{}\n\n`ackgate-bench {}{}`",
+            self.machine.line(),
+            self.benchmark,
+            if quick { " --quick" } else { "" }
         )
     }
 }
@@ -117,6 +165,15 @@ impl Stat {
     }
 }
 
+/// Nearest rank, rounding down, of `sorted` (ascending): for latency
+/// percentiles over many samples, where a mean of two ranks adds nothing.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    match sorted.len() {
+        0 => f64::NAN,
+        n => sorted[((n as f64 * q) as usize).min(n - 1)],
+    }
+}
+
 /// Writes `<name>.json`, `<name>.md` and the SVGs given.
 pub fn write(
     dir: &Path,
@@ -147,13 +204,13 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// Horizontal bars with a min-max whisker: (label, median, min, max).
-pub fn bars(title: &str, unit: &str, items: &[(String, f64, f64, f64)]) -> String {
+/// Horizontal bars, each a median with its min-max whisker.
+pub fn bars(title: &str, unit: &str, items: &[(&str, &Stat)]) -> String {
     let (w, row, left, top) = (640.0, 34.0, 170.0, 40.0);
     let h = top + row * items.len() as f64 + 30.0;
     let max = items
         .iter()
-        .map(|i| i.3.max(i.1))
+        .map(|i| i.1.max.max(i.1.median))
         .fold(0.0f64, f64::max)
         .max(1e-12);
     let scale = (w - left - 90.0) / max;
@@ -163,7 +220,8 @@ pub fn bars(title: &str, unit: &str, items: &[(String, f64, f64, f64)]) -> Strin
          <text x=\"10\" y=\"22\" font-size=\"14\" font-weight=\"bold\">{}</text>\n",
         esc(title)
     );
-    for (i, (label, med, lo, hi)) in items.iter().enumerate() {
+    for (i, (label, st)) in items.iter().enumerate() {
+        let (med, lo, hi) = (st.median, st.min, st.max);
         let y = top + row * i as f64;
         let _ = writeln!(
             s,
@@ -182,9 +240,9 @@ pub fn bars(title: &str, unit: &str, items: &[(String, f64, f64, f64)]) -> Strin
             left + hi * scale,
             y + 14.0,
             y + 14.0,
-            left + hi.max(*med) * scale + 6.0,
+            left + hi.max(med) * scale + 6.0,
             y + 18.0,
-            fmt_num(*med),
+            fmt_num(med),
             esc(unit)
         );
     }
@@ -301,12 +359,18 @@ mod tests {
     }
 
     #[test]
+    fn quantile_is_nearest_rank_down() {
+        let v: Vec<f64> = (1..=1000).map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.5), 501.0);
+        assert_eq!(quantile(&v, 0.99), 991.0);
+        assert_eq!(quantile(&v, 1.0), 1000.0);
+        assert!(quantile(&[], 0.5).is_nan());
+    }
+
+    #[test]
     fn svgs_are_well_formed_enough() {
-        let b = bars(
-            "t<x>",
-            "Gbit/s",
-            &[("a".into(), 1.0, 0.5, 1.5), ("b".into(), 2.0, 2.0, 2.0)],
-        );
+        let (a, b) = (Stat::of(vec![0.5, 1.0, 1.5]), Stat::of(vec![2.0]));
+        let b = bars("t<x>", "Gbit/s", &[("a", &a), ("b", &b)]);
         assert!(
             b.starts_with("<svg") && b.trim_end().ends_with("</svg>") && b.contains("t&lt;x&gt;")
         );

@@ -11,10 +11,7 @@
 //! XDP_DROP program measures the harness itself, and the report gives the
 //! SYN path minus that.
 
-use std::{
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    time::SystemTime,
-};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ackgate::xdp::{secret::Secret, Responder, Settings};
 use ackgate_common::wire::Counter;
@@ -22,7 +19,10 @@ use ackgate_lab::{frame::Segment, harness};
 use anyhow::{ensure, Context as _, Result};
 use serde::Serialize;
 
-use crate::Common;
+use crate::{
+    report::{self, Stat},
+    Common,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -62,16 +62,6 @@ struct Report {
     syn_v6_minus_drop_ns: f64,
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn linux_opts(mss: u16) -> Vec<u8> {
     let m = mss.to_be_bytes();
     vec![
@@ -84,11 +74,8 @@ pub fn run(a: Args) -> Result<()> {
         nix::unistd::geteuid().is_root(),
         "BPF_PROG_TEST_RUN needs root"
     );
-    let (runs, repeat) = if a.common.quick {
-        (3, 100_000)
-    } else {
-        (a.runs.max(1), a.repeat.max(1))
-    };
+    let runs = a.common.pick(3, a.runs.max(1));
+    let repeat = a.common.pick(100_000, a.repeat.max(1));
     let vip4 = Ipv4Addr::new(198, 18, 0, 1);
     let vip6: Ipv6Addr = "fd00:ac6a::1".parse().unwrap();
     let mut r = Responder::load()?;
@@ -246,64 +233,41 @@ pub fn run(a: Args) -> Result<()> {
             }
             ns.push(res.duration.as_nanos() as f64);
         }
-        let min = ns.iter().cloned().fold(f64::INFINITY, f64::min);
-        let max = ns.iter().cloned().fold(0.0, f64::max);
-        let med = median(&mut ns.clone());
+        let s = Stat::of(ns);
         eprintln!(
-            "{name:24} median {med:7.1} ns/packet  (min {min:.1}, max {max:.1}, {runs} x {repeat})"
+            "{name:24} median {:7.1} ns/packet  (min {:.1}, max {:.1}, {runs} x {repeat})",
+            s.median, s.min, s.max
         );
         results.push(Case {
             name: name.into(),
             frame_bytes: frame.len(),
-            runs_ns: ns,
-            median_ns: med,
-            min_ns: min,
-            max_ns: max,
+            runs_ns: s.runs,
+            median_ns: s.median,
+            min_ns: s.min,
+            max_ns: s.max,
         });
     }
     let drop = results[6].median_ns;
-    let report = Report {
+    let rep = Report {
         benchmark: "xdp",
-        unix_time: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)?
-            .as_secs(),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .into(),
-        cpu: cpu_model(),
-        nproc: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
+        unix_time: report::unix_time(),
+        kernel: report::kernel(),
+        cpu: report::cpu_model(),
+        nproc: report::nproc(),
         runs,
         repeat,
         syn_v4_minus_drop_ns: results[0].median_ns - drop,
         syn_v6_minus_drop_ns: results[2].median_ns - drop,
         cases: results,
     };
-    write_reports(&a.common, &report)
+    report::write(&a.common.out, "xdp", &rep, &markdown(&rep), &[])
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default()
-}
-
-fn write_reports(c: &Common, r: &Report) -> Result<()> {
-    std::fs::create_dir_all(&c.out).with_context(|| format!("creating {}", c.out.display()))?;
-    let json = c.out.join("xdp.json");
-    std::fs::write(&json, serde_json::to_string_pretty(r)?)?;
-    let mut md = String::new();
-    md.push_str(&format!(
+fn markdown(r: &Report) -> String {
+    let mut md = format!(
         "### XDP paths (BPF_PROG_TEST_RUN repeat, the packet restored before every run)\n\nkernel {}, {} ({} CPUs); {} runs x {} packets (verified ACKs: at most 10,000 per run, the ring buffer's room); median run (min-max), ns per packet, harness included\n\n| case | frame bytes | median ns | min | max |\n|---|---:|---:|---:|---:|\n",
         r.kernel, r.cpu, r.nproc, r.runs, r.repeat
-    ));
+    );
     for k in &r.cases {
         md.push_str(&format!(
             "| {} | {} | {:.1} | {:.1} | {:.1} |\n",
@@ -314,8 +278,5 @@ fn write_reports(c: &Common, r: &Report) -> Result<()> {
         "\nSYN path alone (minus the harness in front of XDP_DROP): **IPv4 {:.1} ns, IPv6 {:.1} ns per SYN**.\n",
         r.syn_v4_minus_drop_ns, r.syn_v6_minus_drop_ns
     ));
-    std::fs::write(c.out.join("xdp.md"), &md)?;
-    println!("{md}");
-    eprintln!("wrote {} and xdp.md", json.display());
-    Ok(())
+    md
 }

@@ -1,0 +1,336 @@
+//! `attack`: what a SYN flood does to legitimate clients. An open-loop
+//! client opens connections at a fixed rate while the attacker floods at
+//! rising rates: success, connect and first-byte percentiles, and the share
+//! of connections that needed a SYN retransmission.
+
+use std::{
+    net::SocketAddr,
+    sync::atomic::{AtomicBool, Ordering::Relaxed},
+    time::Duration,
+};
+
+use ackgate_lab::Netns;
+use anyhow::Result;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::{ceiling, flood, flood_spec, Scenario, SYN_DEFENCES};
+use crate::{
+    flood::{Sent, Spec},
+    lab::{self, BenchLab, Target},
+    report::{self, fmt_num, Header, Stat},
+    Common,
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    common: Common,
+    /// Runs per target and flood rate.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Legitimate connections per second (open loop).
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    /// Seconds of legitimate load per measurement.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Flood rates in pps, comma-separated; 0 is no flood, "max" flat out
+    /// [default: 0, 10% and 30% of the measured generator ceiling, max].
+    #[arg(long, value_delimiter = ',')]
+    flood: Vec<String>,
+    /// Per-connection timeout in seconds (a failure past it).
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+}
+
+#[derive(Serialize, Clone)]
+struct Point {
+    target: Target,
+    /// Requested flood rate (None: flat out).
+    flood_pps: Option<u64>,
+    flood_sent_pps: Stat,
+    success_rate: Stat,
+    connect_p50_ms: Stat,
+    connect_p99_ms: Stat,
+    connect_p999_ms: Stat,
+    first_byte_p50_ms: Stat,
+    first_byte_p99_ms: Stat,
+    first_byte_p999_ms: Stat,
+    /// Share of connections whose connect took >= 1 s (a SYN retransmission).
+    syn_retransmit_share: Stat,
+}
+
+#[derive(Serialize)]
+struct Report {
+    #[serde(flatten)]
+    head: Header,
+    rate: u64,
+    seconds: f64,
+    timeout: f64,
+    generator_ceiling_pps: f64,
+    points: Vec<Point>,
+}
+
+/// One open-loop client run: what happened to each connection.
+struct Outcome {
+    ok: u64,
+    total: u64,
+    retrans: u64,
+    connect: Histogram<u64>,
+    first_byte: Histogram<u64>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let runs = a.common.pick(1, a.runs.max(1));
+    let secs = a.common.pick(1.0, a.seconds);
+    let rate = a.common.pick(a.rate.min(100), a.rate.max(1));
+    let sc = Scenario::new("attack", &a.common, 1)?;
+    let lab = &sc.lab;
+    let ceil = ceiling(lab, a.common.pick(0.5, 2.0))?.pps;
+    let levels = levels(&a, ceil)?;
+    let mut points = Vec::new();
+    for t in SYN_DEFENCES {
+        let run = lab::start(lab, t)?;
+        for &level in &levels {
+            let mut acc: Vec<(f64, Outcome)> = Vec::new();
+            for r in 0..runs {
+                let spec = match level {
+                    Some(0) => None,
+                    pps => Some(flood_spec(
+                        lab,
+                        lab::VIP4.into(),
+                        pps,
+                        secs + 2.0 + a.timeout,
+                        r as u64,
+                    )?),
+                };
+                let (sent, o) = with_flood(lab, spec, || {
+                    open_loop(&lab.cli, run.addr, rate, secs, a.timeout)
+                })?;
+                eprintln!(
+                    "attack {:18} flood {:>9} pps: {}/{} ok, connect p99 {:.1} ms, {} retransmitted",
+                    t.label(),
+                    fmt_num(sent.pps),
+                    o.ok,
+                    o.total,
+                    o.connect.value_at_quantile(0.99) as f64 / 1e3,
+                    o.retrans
+                );
+                acc.push((sent.pps, o));
+            }
+            points.push(point(t, level, &acc));
+        }
+        drop(run);
+    }
+    points.sort_by_key(|p| p.target != Target::Ackgate);
+    let rep = Report {
+        head: sc.header(runs),
+        rate,
+        seconds: secs,
+        timeout: a.timeout,
+        generator_ceiling_pps: ceil,
+        points,
+    };
+    let mut md = sc.heading(&rep.head, "Legitimate clients under a SYN flood");
+    md.push_str(&format!(
+        ": an open-loop client opens {} connections/s for {} s (each timed from its scheduled start) and fetches a 2-byte page from nginx while the attacker floods spoofed SYNs; {} run(s) per point, median (min-max). Generator ceiling {} pps.\n\n| target | flood pps (sent) | success | connect p50 / p99 / p99.9 ms | first byte p50 / p99 / p99.9 ms | SYN retransmitted |\n|---|---:|---:|---:|---:|---:|\n",
+        rate,
+        secs,
+        runs,
+        fmt_num(ceil)
+    ));
+    for p in &rep.points {
+        md.push_str(&format!(
+            "| {} | {} | {:.1}% | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.1}% |\n",
+            p.target.label(),
+            fmt_num(p.flood_sent_pps.median),
+            p.success_rate.median * 100.0,
+            p.connect_p50_ms.median,
+            p.connect_p99_ms.median,
+            p.connect_p999_ms.median,
+            p.first_byte_p50_ms.median,
+            p.first_byte_p99_ms.median,
+            p.first_byte_p999_ms.median,
+            p.syn_retransmit_share.median * 100.0
+        ));
+    }
+    let series = |f: &dyn Fn(&Point) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
+        [Target::Ackgate, Target::Syncookies, Target::Synproxy]
+            .iter()
+            .map(|&t| {
+                (
+                    t.label().to_string(),
+                    rep.points
+                        .iter()
+                        .filter(|p| p.target == t)
+                        .map(|p| (p.flood_sent_pps.median, f(p)))
+                        .filter(|p| p.1.is_finite())
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    let svgs = vec![
+        (
+            "attack_latency.svg".to_string(),
+            report::lines(
+                "Legitimate first-byte p99 vs SYN flood rate",
+                "flood packets/s (sent)",
+                "first byte p99 (ms)",
+                &series(&|p| p.first_byte_p99_ms.median),
+            ),
+        ),
+        (
+            "attack_success.svg".to_string(),
+            report::lines(
+                "Legitimate connections served vs SYN flood rate",
+                "flood packets/s (sent)",
+                "success (%)",
+                &series(&|p| p.success_rate.median * 100.0),
+            ),
+        ),
+    ];
+    sc.write(&rep, &md, &svgs)
+}
+
+/// The flood rates to measure at: `--flood`, or fractions of the ceiling.
+fn levels(a: &Args, ceil: f64) -> Result<Vec<Option<u64>>> {
+    if !a.flood.is_empty() {
+        return a
+            .flood
+            .iter()
+            .map(|f| match f.trim() {
+                "max" => Ok(None),
+                v => v
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| anyhow::anyhow!("--flood: '{v}' is not a rate or 'max'")),
+            })
+            .collect();
+    }
+    Ok(a.common.pick(
+        vec![Some(0), None],
+        vec![
+            Some(0),
+            Some((ceil * 0.1) as u64),
+            Some((ceil * 0.3) as u64),
+            None,
+        ],
+    ))
+}
+
+/// Medians over a point's runs: latencies in ms, shares of all connections.
+fn point(target: Target, flood_pps: Option<u64>, acc: &[(f64, Outcome)]) -> Point {
+    let st = |f: &dyn Fn(&(f64, Outcome)) -> f64| Stat::of(acc.iter().map(f).collect());
+    let q = |h: &Histogram<u64>, q: f64| {
+        if h.is_empty() {
+            f64::NAN
+        } else {
+            h.value_at_quantile(q) as f64 / 1e3
+        }
+    };
+    Point {
+        target,
+        flood_pps,
+        flood_sent_pps: st(&|x| x.0),
+        success_rate: st(&|x| x.1.ok as f64 / x.1.total.max(1) as f64),
+        connect_p50_ms: st(&|x| q(&x.1.connect, 0.5)),
+        connect_p99_ms: st(&|x| q(&x.1.connect, 0.99)),
+        connect_p999_ms: st(&|x| q(&x.1.connect, 0.999)),
+        first_byte_p50_ms: st(&|x| q(&x.1.first_byte, 0.5)),
+        first_byte_p99_ms: st(&|x| q(&x.1.first_byte, 0.99)),
+        first_byte_p999_ms: st(&|x| q(&x.1.first_byte, 0.999)),
+        syn_retransmit_share: st(&|x| x.1.retrans as f64 / x.1.total.max(1) as f64),
+    }
+}
+
+/// Floods from the attacker namespace on its own thread for the duration
+/// of `f`, and returns what was sent with `f`'s result.
+fn with_flood<R>(
+    lab: &BenchLab,
+    spec: Option<Spec>,
+    f: impl FnOnce() -> Result<R>,
+) -> Result<(Sent, R)> {
+    let Some(spec) = spec else {
+        return Ok((Sent::default(), f()?));
+    };
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let h = sc.spawn(|| flood(lab, &spec, &stop));
+        // Let the flood reach its rate before measuring.
+        std::thread::sleep(Duration::from_millis(300));
+        let r = f();
+        stop.store(true, Relaxed);
+        let sent = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("flood thread panicked"))??;
+        Ok((sent, r?))
+    })
+}
+
+/// Opens `rate` connections per second for `secs` from the client
+/// namespace, each timed from its scheduled start (so a stalled client does
+/// not hide latency), fetching `/` over HTTP/1.0.
+fn open_loop(
+    cli: &Netns,
+    target: SocketAddr,
+    rate: u64,
+    secs: f64,
+    timeout: f64,
+) -> Result<Outcome> {
+    cli.run(move || -> Result<Outcome> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let n = (rate as f64 * secs) as u64;
+            let start = tokio::time::Instant::now() + Duration::from_millis(50);
+            let to = Duration::from_secs_f64(timeout);
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..n {
+                let at = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                set.spawn(async move {
+                    tokio::time::sleep_until(at).await;
+                    let r = tokio::time::timeout(to, async {
+                        let mut s = tokio::net::TcpStream::connect(target).await?;
+                        let connected = at.elapsed();
+                        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                        s.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
+                        let mut buf = [0u8; 512];
+                        let k = s.read(&mut buf).await?;
+                        let first = at.elapsed();
+                        let ok = buf[..k].starts_with(b"HTTP/1.1 200");
+                        let mut rest = Vec::new();
+                        s.read_to_end(&mut rest).await?;
+                        std::io::Result::Ok((connected, first, ok))
+                    })
+                    .await;
+                    match r {
+                        Ok(Ok((c, f, true))) => Some((c, f)),
+                        _ => None,
+                    }
+                });
+            }
+            let mut o = Outcome {
+                ok: 0,
+                total: n,
+                retrans: 0,
+                connect: Histogram::new(3)?,
+                first_byte: Histogram::new(3)?,
+            };
+            while let Some(r) = set.join_next().await {
+                if let Some((c, f)) = r? {
+                    o.ok += 1;
+                    if c >= Duration::from_secs(1) {
+                        o.retrans += 1;
+                    }
+                    o.connect.record(c.as_micros() as u64)?;
+                    o.first_byte.record(f.as_micros() as u64)?;
+                }
+            }
+            anyhow::Ok(o)
+        })
+    })?
+}

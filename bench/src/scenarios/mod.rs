@@ -1,0 +1,227 @@
+//! The lab scenarios: `syn`, `attack`, `conn` and `bulk`. Each builds a
+//! fresh [`BenchLab`], runs every target side by side (interleaved where
+//! they can run together, one after the other where they need the same
+//! port or sysctls), repeats, and reports medians with their spread.
+//!
+//! This module is what they share, so that each scenario's file says only
+//! what it measures.
+
+use std::{net::IpAddr, sync::atomic::AtomicBool, time::Duration};
+
+use ackgate_lab::{harness::Attached, Process};
+use anyhow::{ensure, Context as _, Result};
+use serde::Serialize;
+
+use crate::{
+    flood::{self, Sent, Spec},
+    lab::{self, BenchLab, Running, Target},
+    report::{self, Header, Stat},
+    Common,
+};
+
+pub mod attack;
+pub mod bulk;
+pub mod conn;
+pub mod syn;
+
+/// A scenario's run: its name and flags, and the lab with nginx behind the
+/// targets. Fields drop in order, so nginx stops before its namespace goes.
+pub struct Scenario<'a> {
+    name: &'static str,
+    common: &'a Common,
+    _nginx: Process,
+    pub lab: BenchLab,
+}
+
+impl<'a> Scenario<'a> {
+    /// A fresh lab; nginx serves `/` and a `/bulk` of `bulk_bytes`.
+    pub fn new(name: &'static str, common: &'a Common, bulk_bytes: u64) -> Result<Self> {
+        let lab = BenchLab::new()?;
+        let nginx = lab::nginx(&lab, bulk_bytes)?;
+        Ok(Scenario {
+            name,
+            common,
+            _nginx: nginx,
+            lab,
+        })
+    }
+
+    /// Probed when the report is made, so its time is the run's end.
+    pub fn header(&self, runs: usize) -> Header {
+        Header::probe(self.name, runs)
+    }
+
+    /// The Markdown title, the machine and the command line; the scenario
+    /// goes on with ": " and what it ran.
+    pub fn heading(&self, head: &Header, title: &str) -> String {
+        head.markdown(title, self.common.quick)
+    }
+
+    /// `<name>.json` and `<name>.md` in `--out`, with the SVGs given.
+    pub fn write(&self, rep: &impl Serialize, md: &str, svgs: &[(String, String)]) -> Result<()> {
+        report::write(&self.common.out, self.name, rep, md, svgs)
+    }
+}
+
+// ---------------------------------------------------------------- CPU
+
+/// CPU seconds the machine spent, all cores together (from /proc/stat).
+#[derive(Clone, Copy)]
+pub struct CpuTime {
+    pub busy_s: f64,
+    pub softirq_s: f64,
+}
+
+/// Runs `f` and returns its result with the CPU time spent meanwhile: the
+/// targets, clients and generator share the cores, so only the machine's
+/// total is honest.
+pub fn cpu_during<R>(f: impl FnOnce() -> Result<R>) -> Result<(R, CpuTime)> {
+    let c0 = ticks()?;
+    let r = f()?;
+    let c1 = ticks()?;
+    // SAFETY: sysconf has no preconditions.
+    let tick = 1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((
+        r,
+        CpuTime {
+            busy_s: (c1.0 - c0.0) as f64 * tick,
+            softirq_s: (c1.1 - c0.1) as f64 * tick,
+        },
+    ))
+}
+
+/// /proc/stat's aggregate line: (busy, softirq) ticks.
+fn ticks() -> Result<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/stat")?;
+    let l = s.lines().next().context("empty /proc/stat")?;
+    let v: Vec<u64> = l
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    ensure!(v.len() >= 7, "unexpected /proc/stat: {l}");
+    // user nice system idle iowait irq softirq [steal ...]
+    Ok((v[0] + v[1] + v[2] + v[5] + v[6], v[6]))
+}
+
+// ---------------------------------------------------------------- floods
+
+/// The attacker's flood CPU: veth runs the receiver's XDP and stack in the
+/// sender's softirq, so the whole SYN path shares this core.
+pub const FLOOD_CPU: usize = 1;
+
+/// The SYN defences in the order they can run one after another: ackgate
+/// last, as its handed-off sockets, bound to the service address, outlive
+/// it (closing) and would block the plain listener's bind.
+pub const SYN_DEFENCES: [Target; 3] = [Target::Syncookies, Target::Synproxy, Target::Ackgate];
+
+/// Spoofed SYNs at the service on `dst`: `pps` (None: flat out) for `secs`.
+pub fn flood_spec(
+    lab: &BenchLab,
+    dst: IpAddr,
+    pps: Option<u64>,
+    secs: f64,
+    seed: u64,
+) -> Result<Spec> {
+    Ok(Spec {
+        dst,
+        dport: lab::PORT,
+        pps,
+        duration: Duration::from_secs_f64(secs),
+        max_packets: 50_000_000,
+        src_mac: lab.atk.mac("atk0")?,
+        dst_mac: lab.px.mac("px0")?,
+        seed,
+    })
+}
+
+/// Floods from the attacker namespace on [`FLOOD_CPU`] until the spec ends
+/// or `stop` is set.
+pub fn flood(lab: &BenchLab, spec: &Spec, stop: &AtomicBool) -> Result<Sent> {
+    lab.atk.run(|| -> Result<Sent> {
+        flood::pin(FLOOD_CPU)?;
+        flood::run("atk0", spec, stop)
+    })?
+}
+
+/// The generator's ceiling: flat out into an XDP_DROP sink on px0, so a
+/// reader can tell the generator's limit from the target's.
+pub fn ceiling(lab: &BenchLab, secs: f64) -> Result<Sent> {
+    let _sink = lab.px.run(|| Attached::drop_all("px0"))??;
+    let spec = flood_spec(lab, lab::VIP4.into(), None, secs, 99)?;
+    flood(lab, &spec, &AtomicBool::new(false))
+}
+
+// ---------------------------------------------------------------- side by side
+
+/// A target's figure over the rounds, and the CPU it cost per unit.
+#[derive(Serialize)]
+pub struct RateRow {
+    pub target: Target,
+    pub value: Stat,
+    pub cpu_per_unit: Stat,
+    /// Connections that failed or timed out (3 s), summed over runs.
+    pub failed: u64,
+}
+
+/// One measurement of one target.
+pub struct Sample {
+    pub value: f64,
+    pub cpu_per_unit: f64,
+    pub failed: u64,
+}
+
+/// Starts the three that can run at once (ackgate protects port 80,
+/// HAProxy listens on 81, which XDP passes, direct goes to the backend) and
+/// measures each in turn, `runs` rounds, so all see the same machine.
+pub fn side_by_side(
+    lab: &BenchLab,
+    runs: usize,
+    mut measure: impl FnMut(&Running) -> Result<Sample>,
+) -> Result<Vec<RateRow>> {
+    let targets = [
+        lab::start(lab, Target::Ackgate)?,
+        lab::start(lab, Target::Haproxy)?,
+        lab::start(lab, Target::Direct)?,
+    ];
+    let mut samples: [Vec<Sample>; 3] = Default::default();
+    for _ in 0..runs {
+        for (t, s) in targets.iter().zip(&mut samples) {
+            s.push(measure(t)?);
+        }
+    }
+    Ok(targets
+        .iter()
+        .zip(samples)
+        .map(|(t, s)| RateRow {
+            target: t.target,
+            value: Stat::of(s.iter().map(|x| x.value).collect()),
+            cpu_per_unit: Stat::of(s.iter().map(|x| x.cpu_per_unit).collect()),
+            failed: s.iter().map(|x| x.failed).sum(),
+        })
+        .collect())
+}
+
+/// One line per other target: ackgate's median over theirs.
+pub fn ratios(md: &mut String, rows: &[RateRow], what: &str) {
+    if let Some(ag) = rows.iter().find(|r| r.target == Target::Ackgate) {
+        for r in rows.iter().filter(|r| r.target != Target::Ackgate) {
+            md.push_str(&format!(
+                "\nackgate: {:.2}x {what} of {}.",
+                ag.value.median / r.value.median.max(1e-9),
+                r.target.label()
+            ));
+        }
+        md.push('\n');
+    }
+}
+
+/// A bar per target, its median with the min-max whisker.
+pub fn bars<'a>(
+    title: &str,
+    unit: &str,
+    rows: impl IntoIterator<Item = (Target, &'a Stat)>,
+) -> String {
+    let items: Vec<(&str, &Stat)> = rows.into_iter().map(|(t, s)| (t.label(), s)).collect();
+    report::bars(title, unit, &items)
+}
