@@ -1,0 +1,33 @@
+//! The product's maps, shared with userspace by name (`proxy/src/xdp`).
+//! Layouts live in `ackgate_common::wire`.
+
+use ackgate_common::wire::{
+    Addresses, Config, KeySlot, RecentKey, RecentSynAck, COUNTERS as N_COUNTERS,
+    HANDOFF_RING_BYTES, KEY_SLOTS, PORTS_ENTRIES, RECENT_ENTRIES,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+};
+
+/// The protected addresses.
+#[map]
+pub(crate) static ADDRS: Array<Addresses> = Array::with_max_entries(1, 0);
+/// Per port: a bit per protected address, and its server-first bit.
+#[map]
+pub(crate) static PORTS: Array<u64> = Array::with_max_entries(PORTS_ENTRIES, 0);
+/// SYN-ACKs sent to server-first clients, for userspace to retransmit.
+#[map]
+pub(crate) static RECENT: LruHashMap<RecentKey, RecentSynAck> =
+    LruHashMap::with_max_entries(RECENT_ENTRIES, 0);
+/// Cookie keys, slot `epoch % KEY_SLOTS`.
+#[map]
+pub(crate) static KEYS: Array<KeySlot> = Array::with_max_entries(KEY_SLOTS, 0);
+#[map]
+pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+/// One per `Counter`, per CPU.
+#[map]
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(N_COUNTERS as u32, 0);
+/// Verified ACKs for userspace to take over.
+#[map]
+pub(crate) static HANDOFF: RingBuf = RingBuf::with_byte_size(HANDOFF_RING_BYTES, 0);
