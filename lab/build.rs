@@ -10,4 +10,4 @@ fn main() {
 }
 
 /// The harness programs' object file.
-const HARNESS: &str = "ackgate";
+const HARNESS: &str = "ackgate-harness";

@@ -1,7 +1,7 @@
 //! Builds the XDP programs (`../ebpf`) for bpfel-unknown-none with the
 //! nightly toolchain and bpf-linker, and leaves the objects in OUT_DIR for
 //! `include_bytes_aligned!`. `scripts/bootstrap.sh` installs what this needs.
-//! The product embeds only `ackgate`; the directory is reported to
+//! The product embeds only `ackgate-xdp`; the directory is reported to
 //! dependents (`links` metadata) for the lab's harness object.
 fn main() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf");

@@ -1,7 +1,7 @@
-//! ackgate's XDP programs: the SYN-cookie responder `ackgate` and the lab and
-//! benchmark harness. Built for `bpfel-unknown-none` by `proxy/build.rs`;
-//! on the host this crate compiles to an empty binary so workspace-wide
-//! commands still work.
+//! ackgate's XDP program: the SYN-cookie responder `ackgate` (the lab's
+//! harness programs are this crate's other binary, `harness.rs`). Built
+//! for `bpfel-unknown-none` by `proxy/build.rs`; on the host this crate
+//! compiles to an empty binary so workspace-wide commands still work.
 //!
 //! Per packet: Ethernet, up to two VLAN tags, IPv4 (with options) or IPv6.
 //! TCP to a protected service (`ADDRS` + `PORTS`) is ours: a SYN becomes a
@@ -44,10 +44,6 @@ mod parse;
 mod syn;
 #[cfg(target_arch = "bpf")]
 mod tcp;
-
-// Lab and benchmark programs, apart from the product path.
-#[cfg(target_arch = "bpf")]
-mod harness;
 
 #[cfg(target_arch = "bpf")]
 use aya_ebpf::{macros::xdp, programs::XdpContext};

@@ -79,7 +79,9 @@ pub fn bind(fd: &OwnedFd, a: &SocketAddr) -> io::Result<()> {
 /// connect(2), blocking (for repair mode, where it sends nothing).
 pub fn connect(fd: &OwnedFd, a: &SocketAddr) -> io::Result<()> {
     // SAFETY: a valid descriptor and address of the length passed.
-    with_sockaddr(a, |sa, len| unsafe { libc::connect(fd.as_raw_fd(), sa, len) })
+    with_sockaddr(a, |sa, len| unsafe {
+        libc::connect(fd.as_raw_fd(), sa, len)
+    })
 }
 
 /// Calls `f` with `a` as the kernel reads it; a non-zero return is the

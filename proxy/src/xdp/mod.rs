@@ -25,7 +25,7 @@ use self::secret::Secret;
 use crate::sys::clock::cookie_clock_ms;
 
 /// The XDP object built by build.rs from `ebpf/`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ackgate"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ackgate-xdp"));
 
 /// How the program is attached. `Native` needs driver support; `Skb` works
 /// on any device at a higher cost. There is no silent fallback.
