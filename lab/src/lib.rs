@@ -2,13 +2,15 @@
 //! tests and the bench, kept out of the product (which depends on nothing
 //! here).
 //!
-//! * [`netns`], [`gateway`]: network namespaces and the client/gateway lab.
+//! * [`netns`], [`gateway`]: network namespaces and the client/gateway lab;
+//!   [`bench_lab`]: the bench's five-namespace lab with a switch.
 //! * [`capture`], [`frame`]: AF_PACKET capture and crafted/parsed frames.
 //! * [`harness`]: the harness XDP programs and BPF_PROG_TEST_RUN access.
 //! * [`process`]: the one process guard, and where binaries are.
 //! * [`servers`]: echo and HTTP servers; [`transfer`]: bulk transfers.
 //! * [`profile`]: client TCP stacks; [`demo`]: the README's first command.
 
+pub mod bench_lab;
 pub mod capture;
 pub mod demo;
 pub mod frame;
