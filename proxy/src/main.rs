@@ -28,6 +28,18 @@ enum Cmd {
     /// percentiles, backend health) from its metrics endpoint. One snapshot
     /// when stdout is not a terminal; `--json` for machines.
     Stats(stats::StatsArgs),
+    /// Validate a config file (syntax, values, how keys combine) without
+    /// touching a running instance, as `nginx -t` and `haproxy -c` do.
+    /// Exits 0 and says what the file describes, or 1 with the error. The
+    /// interface and the secret file are checked when `run` starts.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// The TOML file to check.
+    #[arg(long, value_name = "FILE")]
+    config: std::path::PathBuf,
 }
 
 fn main() {
@@ -35,11 +47,32 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Run(a) => run(a),
         Cmd::Stats(a) => stats::run(&a),
+        Cmd::Check(a) => check(&a),
     };
     if let Err(e) = r {
         eprintln!("ackgate: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn check(a: &CheckArgs) -> Result<()> {
+    let plan = Plan::from_args(&RunArgs {
+        config: Some(a.config.clone()),
+        ..Default::default()
+    })?;
+    let mode = plan.mode.map_or("off", |m| m.name());
+    let what = if plan.syn_only {
+        "SYN-only".to_string()
+    } else {
+        format!("{} backends", plan.backends.len())
+    };
+    println!(
+        "{}: ok: {} protected services on {} ({mode} XDP), {what}",
+        a.config.display(),
+        plan.listen.len(),
+        plan.iface
+    );
+    Ok(())
 }
 
 fn run(a: RunArgs) -> Result<()> {
