@@ -4,6 +4,8 @@
 
 use std::{path::PathBuf, time::Duration};
 
+pub mod test_run;
+
 pub use ackgate_lab as lab;
 pub use ackgate_lab::{
     process::Process,
@@ -53,6 +55,29 @@ pub fn run_ackgate_until(lab: &lab::Lab, args: &[&str], ready: &str) -> Process 
     cmd.args(["run", "--iface", lab.gw_if, "--stats-interval", "0"])
         .args(args);
     Process::start("ackgate", cmd, ready, Duration::from_secs(30)).expect("ackgate starts")
+}
+
+/// Where the end-to-end tests' ackgate serves its metrics (in the gateway).
+pub const METRICS: &str = "127.0.0.1:9469";
+
+/// ackgate proxying `{vip4,[vip6]}:8080` to `backend`, with metrics on
+/// [`METRICS`], once its proxy is ready.
+pub fn run_proxy(lab: &lab::Lab, backend: &str) -> Process {
+    let (v4, v6) = (format!("{}:8080", lab.vip4), format!("[{}]:8080", lab.vip6));
+    run_ackgate_until(
+        lab,
+        &[
+            "--listen",
+            &v4,
+            "--listen",
+            &v6,
+            "--backend",
+            backend,
+            "--metrics",
+            METRICS,
+        ],
+        "proxy ready",
+    )
 }
 
 /// [`run_ackgate_until`] the XDP program is attached.

@@ -14,28 +14,8 @@ use ackgate_lab::{
     frame::{Segment, TCP_ACK},
     Capture, Lab,
 };
-use ackgate_tests::{ackgate_bin, run_ackgate_until, with_echo_lab, Process};
+use ackgate_tests::{ackgate_bin, run_proxy, with_echo_lab, METRICS};
 use rand::{Rng as _, SeedableRng as _};
-
-const METRICS: &str = "127.0.0.1:9469";
-
-fn start(lab: &Lab) -> Process {
-    let (v4, v6) = (format!("{}:8080", lab.vip4), format!("[{}]:8080", lab.vip6));
-    run_ackgate_until(
-        lab,
-        &[
-            "--listen",
-            &v4,
-            "--listen",
-            &v6,
-            "--backend",
-            "127.0.0.1:9000",
-            "--metrics",
-            METRICS,
-        ],
-        "proxy ready",
-    )
-}
 
 /// A scrape from inside the gateway namespace, where ackgate listens.
 fn metrics(lab: &Lab) -> Vec<Sample> {
@@ -105,7 +85,7 @@ fn metrics_move_by_exactly_what_was_sent() {
     const CONNS: usize = 20;
     const MSG: usize = 100;
     with_echo_lab(|lab| {
-        let run = start(lab);
+        let run = run_proxy(lab, "127.0.0.1:9000");
         let before = metrics(lab);
         let b = |name: &str, f: &[(&str, &str)]| value(&before, name, f);
 
@@ -283,7 +263,7 @@ fn dashboard_queries_only_use_exported_metrics() {
     assert!(used.len() >= 12, "dashboard uses only {used:?}");
 
     with_echo_lab(|lab| {
-        let run = start(lab);
+        let run = run_proxy(lab, "127.0.0.1:9000");
         let exported: BTreeSet<String> = metrics(lab).into_iter().map(|s| s.name).collect();
         let missing: Vec<&String> = used.iter().filter(|n| !exported.contains(*n)).collect();
         assert!(

@@ -19,28 +19,8 @@ use ackgate_lab::{
     Capture, Lab,
 };
 use ackgate_tests::{
-    metric, run_ackgate_until, scrape_gw, with_backend_lab, with_echo_lab, Process,
+    metric, run_ackgate_until, run_proxy, scrape_gw, with_backend_lab, with_echo_lab, METRICS,
 };
-
-const METRICS: &str = "127.0.0.1:9469";
-
-fn start(lab: &Lab, backend: &str) -> Process {
-    let (v4, v6) = (format!("{}:8080", lab.vip4), format!("[{}]:8080", lab.vip6));
-    run_ackgate_until(
-        lab,
-        &[
-            "--listen",
-            &v4,
-            "--listen",
-            &v6,
-            "--backend",
-            backend,
-            "--metrics",
-            METRICS,
-        ],
-        "proxy ready",
-    )
-}
 
 fn metrics(lab: &Lab) -> Vec<Sample> {
     scrape_gw(lab, METRICS)
@@ -102,7 +82,7 @@ fn macs(lab: &Lab) -> ([u8; 6], [u8; 6]) {
 #[test]
 fn crafted_segments_that_must_never_be_answered() {
     with_echo_lab(|lab| {
-        let run = start(lab, "127.0.0.1:9000");
+        let run = run_proxy(lab, "127.0.0.1:9000");
         let (cli_mac, gw_mac) = macs(lab);
         let before = metrics(lab);
         // An address of the client's subnet that no host owns: answers are
@@ -161,7 +141,7 @@ fn crafted_segments_that_must_never_be_answered() {
 #[test]
 fn a_segment_without_the_ack_flag_is_no_handshake() {
     with_echo_lab(|lab| {
-        let run = start(lab, "127.0.0.1:9000");
+        let run = run_proxy(lab, "127.0.0.1:9000");
         let (cli_mac, gw_mac) = macs(lab);
         let nobody: IpAddr = Ipv4Addr::new(198, 18, 0, 78).into();
         let mut syn = Segment::syn(
@@ -233,7 +213,7 @@ fn echo_once(s: &mut TcpStream, msg: &[u8]) {
 #[test]
 fn a_client_that_lost_its_state_is_recovered_by_the_kernels_challenge_ack() {
     with_echo_lab(|lab| {
-        let run = start(lab, "127.0.0.1:9000");
+        let run = run_proxy(lab, "127.0.0.1:9000");
         let target = SocketAddr::from((lab.vip4, 8080));
         let local = SocketAddr::from((lab.client4, 40_123));
         let t = lab
@@ -287,7 +267,7 @@ fn a_time_wait_socket_answers_for_its_flow() {
         |_| {},
         bye_server,
         |lab| {
-            let run = start(lab, "127.0.0.1:9000");
+            let run = run_proxy(lab, "127.0.0.1:9000");
             let target = SocketAddr::from((lab.vip4, 8080));
             let cport = lab
                 .client

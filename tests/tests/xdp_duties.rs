@@ -19,29 +19,18 @@ use std::{
     time::Duration,
 };
 
-use ackgate::xdp::{secret::Secret, Counters, Responder, Settings};
+use ackgate::xdp::{secret::Secret, Responder, Settings};
 use ackgate_common::wire::Counter;
 use ackgate_lab::{
     frame::{self as packet, Parsed, Segment, TCP_ACK, TCP_FIN, TCP_SYN},
     harness, Lab,
 };
-use ackgate_tests::require_root;
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 7, 9);
-const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xac6a, 0, 0, 0, 0, 0, 1);
-const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xac6a, 0, 0, 0, 0, 7, 9);
-const EPOCH: u32 = 31_000_007;
-const SETTINGS: Settings = Settings {
-    mss4: 1460,
-    mss6: 1440,
-    wscale: 7,
-    window: 0,
-    ts_max_age_ms: 60_000,
+use ackgate_tests::{
+    require_root,
+    test_run::{run, CLIENT4, CLIENT6, SETTINGS, VIP4, VIP6, XDP_DROP, XDP_PASS, XDP_TX},
 };
+
+const EPOCH: u32 = 31_000_007;
 const OUR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 
 fn responder_for(services: &[SocketAddr], settings: &Settings) -> Responder {
@@ -64,16 +53,6 @@ fn responder() -> Responder {
         ],
         &SETTINGS,
     )
-}
-
-fn run(r: &Responder, frame: &[u8]) -> (u32, Vec<u8>, Counters) {
-    let before = r.counters().unwrap();
-    let mut out = vec![0u8; 512];
-    let res = harness::test_run(r, frame, &mut out).unwrap();
-    out.truncate(res.data_size_out as usize);
-    let d = r.counters().unwrap().since(&before);
-    assert_eq!(d.0.iter().sum::<u64>(), 1, "one counter per packet: {d}");
-    (res.return_value, out, d)
 }
 
 fn linux_syn(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Segment {

@@ -6,31 +6,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ackgate::xdp::{secret::Secret, Counters, Responder, Settings};
 use ackgate_common::{cookie, wire::Counter};
-use ackgate_lab::{
-    frame::{
-        self as packet, Parsed, Segment, TCP_ACK, TCP_CWR, TCP_ECE, TCP_FIN, TCP_RST, TCP_SYN,
-    },
-    harness,
+use ackgate_lab::frame::{
+    self as packet, Parsed, Segment, TCP_ACK, TCP_CWR, TCP_ECE, TCP_FIN, TCP_RST, TCP_SYN,
 };
-use ackgate_tests::require_root;
+use ackgate_tests::{
+    require_root,
+    test_run::{run, CLIENT4, CLIENT6, SETTINGS, VIP4, VIP6, XDP_DROP, XDP_PASS, XDP_TX},
+};
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-
-const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 7, 9);
-const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xac6a, 0, 0, 0, 0, 0, 1);
-const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xac6a, 0, 0, 0, 0, 7, 9);
 const EPOCH: u32 = 29_000_123;
-
-const SETTINGS: Settings = Settings {
-    mss4: 1460,
-    mss6: 1440,
-    wscale: 7,
-    window: 0,
-    ts_max_age_ms: ackgate::xdp::DEFAULT_TS_MAX_AGE_MS,
-};
 
 struct Fixture {
     r: Responder,
@@ -50,14 +34,7 @@ fn fixture() -> Fixture {
 impl Fixture {
     /// Runs the program; returns (action, output frame, counter deltas).
     fn run(&self, frame: &[u8]) -> (u32, Vec<u8>, Counters) {
-        let before = self.r.counters().unwrap();
-        let mut out = vec![0u8; 512];
-        let res = harness::test_run(&self.r, frame, &mut out).expect("test run");
-        out.truncate(res.data_size_out as usize);
-        let d = self.r.counters().unwrap().since(&before);
-        let total: u64 = d.0.iter().sum();
-        assert_eq!(total, 1, "exactly one counter per packet, got {d}");
-        (res.return_value, out, d)
+        run(&self.r, frame)
     }
 
     /// Sends `seg` and checks everything a correct SYN-ACK must satisfy.
