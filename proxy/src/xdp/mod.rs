@@ -267,10 +267,7 @@ impl Responder {
                 mac: self.config.mac,
                 _pad: [0; 2],
             };
-            let c = self.config;
-            let mut cfg: Array<_, Config> =
-                Array::try_from(self.map_mut(MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
-            cfg.set(0, c, 0).map_err(map_err(MAP_CONFIG))?;
+            self.write_config()?;
         }
         let mut keys: Array<_, KeySlot> =
             Array::try_from(self.map_mut(MAP_KEYS)?).map_err(map_err(MAP_KEYS))?;
@@ -288,10 +285,7 @@ impl Responder {
         } else {
             self.config.flags &= !FLAG_HANDOFF;
         }
-        let c = self.config;
-        let mut cfg: Array<_, Config> =
-            Array::try_from(self.map_mut(MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
-        cfg.set(0, c, 0).map_err(map_err(MAP_CONFIG))
+        self.write_config()
     }
 
     /// The handoff ring, left in place (for a consumer that polls it).
