@@ -22,8 +22,9 @@ use aya::{
 /// The harness object built beside the product's (see build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("ACKGATE_HARNESS_OBJECT"));
 
-fn load(programs: &[&str]) -> Result<Ebpf> {
-    let mut ebpf = Ebpf::load(OBJECT).context("parsing the harness XDP object")?;
+/// The harness object with `programs` loaded (verified).
+fn load(programs: &[&str]) -> Result<Ebpf, ResponderError> {
+    let mut ebpf = Ebpf::load(OBJECT).map_err(ResponderError::Object)?;
     for p in programs {
         load_program(&mut ebpf, p)?;
     }
@@ -47,8 +48,7 @@ impl Attached {
     }
 
     fn program(name: &str, iface: &str) -> Result<Self, ResponderError> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(ResponderError::Object)?;
-        load_program(&mut ebpf, name)?;
+        let mut ebpf = load(&[name])?;
         attach_named(&mut ebpf, name, iface, AttachMode::Native)?;
         Ok(Attached { _ebpf: ebpf })
     }
