@@ -3,8 +3,18 @@
 //! are errors; flags given on the command line override the file; what
 //! neither sets takes the default named below (the help texts quote the
 //! same constants).
+//!
+//! A file describes services (`[[service]]`: a name, protected ADDR:PORTs,
+//! backends, PROXY protocol, limits); the flags, or a file's top-level
+//! `listen`/`backends`, are the shorthand for one service, `default`.
 
-use std::{net::SocketAddr, ops::RangeInclusive, path::PathBuf, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    ops::RangeInclusive,
+    path::PathBuf,
+    time::Duration,
+};
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -20,25 +30,37 @@ pub const EPOCH_SECS_RANGE: RangeInclusive<u32> = 1..=86_400;
 /// The MSS clamp's bounds (its default follows the interface's MTU).
 pub const MSS_RANGE: RangeInclusive<u16> = 536..=65_495;
 pub const STATS_INTERVAL_SECS: u64 = 10;
+pub const STATS_INTERVAL_SECS_RANGE: RangeInclusive<u64> = 0..=86_400;
 pub const MAX_CONNECTIONS: u64 = 10_000;
 pub const MAX_CONNECTIONS_RANGE: RangeInclusive<u64> = 1..=1_000_000;
 pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
 pub const CONNECT_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 1..=600_000;
 pub const BACKEND_BACKOFF_SECS: u64 = 5;
+pub const BACKEND_BACKOFF_SECS_RANGE: RangeInclusive<u64> = 0..=86_400;
 pub const IDLE_TIMEOUT_SECS: u64 = 300;
-pub const IDLE_TIMEOUT_SECS_RANGE: RangeInclusive<u64> = 1..=u64::MAX;
+/// A week: long-lived relays (SSH, WebSockets) without an overflow.
+pub const IDLE_TIMEOUT_SECS_RANGE: RangeInclusive<u64> = 1..=604_800;
 pub const GRACE_SECS: u64 = 10;
+pub const GRACE_SECS_RANGE: RangeInclusive<u64> = 0..=86_400;
+/// A backend's share of new connections relative to the others'.
+pub const WEIGHT: u32 = 1;
+pub const WEIGHT_RANGE: RangeInclusive<u32> = 1..=1_000;
 pub const LOG_LEVEL: &str = "info";
+/// The name of the service the flags (or a file's top-level keys) describe.
+pub const DEFAULT_SERVICE: &str = "default";
+/// Interfaces one instance protects at most.
+pub const MAX_INTERFACES: usize = 8;
 
 /// `ackgate run`'s flags.
-#[derive(clap::Args, Debug, Default)]
+#[derive(clap::Args, Debug, Default, Clone)]
 pub struct RunArgs {
-    /// TOML file with the same settings (flags override it).
+    /// TOML file with the same settings (flags override it), and services.
+    /// SIGHUP re-reads it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Interface that receives the protected traffic.
-    #[arg(long, value_name = "IF")]
-    pub iface: Option<String>,
+    /// Interface that receives the protected traffic; repeat for several.
+    #[arg(long = "iface", value_name = "IF")]
+    pub iface: Vec<String>,
     /// Protected service, ADDR:PORT; IPv6 in brackets ([2001:db8::1]:443).
     /// Repeat for several.
     #[arg(long = "listen", value_name = "ADDR:PORT", value_parser = parse_listen)]
@@ -66,6 +88,10 @@ pub struct RunArgs {
     /// XDP attach mode [default: native]. There is no silent fallback.
     #[arg(long, value_enum)]
     pub xdp_mode: Option<XdpModeArg>,
+    /// Write the process id here once running (removed at exit), for
+    /// `ackgate reload --pid-file`.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
     /// PROXY protocol header sent to backends [default: off].
     #[arg(long, value_enum)]
     pub proxy_protocol: Option<proxyproto::Mode>,
@@ -75,15 +101,16 @@ pub struct RunArgs {
         EPOCH_SECS_RANGE.start(), EPOCH_SECS_RANGE.end()))]
     pub epoch_secs: Option<u32>,
     #[arg(long, help = format!(
-        "MSS clamp for IPv4 SYN-ACKs, {}-{} (IPv6 gets 20 less) [default: MTU - 40]",
+        "MSS clamp for IPv4 SYN-ACKs, {}-{} (IPv6 gets 20 less) [default: the \
+         smallest interface MTU - 40]",
         MSS_RANGE.start(), MSS_RANGE.end()))]
     pub mss: Option<u16>,
     #[arg(long, help = format!(
         "Print counters every N seconds, 0 for only at exit [default: {STATS_INTERVAL_SECS}]"))]
     pub stats_interval: Option<u64>,
     #[arg(long, help = format!(
-        "Most concurrent proxied connections, {}-{}; beyond, clients get a RST \
-         [default: {MAX_CONNECTIONS}]",
+        "Most concurrent proxied connections of the whole instance, {}-{}; beyond, \
+         clients get a RST [default: {MAX_CONNECTIONS}]",
         MAX_CONNECTIONS_RANGE.start(), MAX_CONNECTIONS_RANGE.end()))]
     pub max_connections: Option<u64>,
     #[arg(long, help = format!(
@@ -91,14 +118,17 @@ pub struct RunArgs {
         CONNECT_TIMEOUT_MS_RANGE.start(), CONNECT_TIMEOUT_MS_RANGE.end()))]
     pub connect_timeout_ms: Option<u64>,
     #[arg(long, help = format!(
-        "How long a refusing backend is skipped, seconds [default: {BACKEND_BACKOFF_SECS}]"))]
+        "How long a refusing backend is skipped, seconds, {}-{} [default: {BACKEND_BACKOFF_SECS}]",
+        BACKEND_BACKOFF_SECS_RANGE.start(), BACKEND_BACKOFF_SECS_RANGE.end()))]
     pub backend_backoff_secs: Option<u64>,
     #[arg(long, help = format!(
-        "Close a relay idle this many seconds, at least {} [default: {IDLE_TIMEOUT_SECS}]",
-        IDLE_TIMEOUT_SECS_RANGE.start()))]
+        "Close a relay idle this many seconds, {}-{} [default: {IDLE_TIMEOUT_SECS}]",
+        IDLE_TIMEOUT_SECS_RANGE.start(), IDLE_TIMEOUT_SECS_RANGE.end()))]
     pub idle_timeout_secs: Option<u64>,
     #[arg(long, help = format!(
-        "On SIGTERM/SIGINT, how long running relays may finish, seconds [default: {GRACE_SECS}]"))]
+        "On SIGTERM/SIGINT, how long running relays may finish, seconds, {}-{} \
+         [default: {GRACE_SECS}]",
+        GRACE_SECS_RANGE.start(), GRACE_SECS_RANGE.end()))]
     pub grace_secs: Option<u64>,
     /// Serve Prometheus metrics over HTTP on ADDR:PORT (any path, e.g.
     /// /metrics); `ackgate stats` reads them [default: off; the example
@@ -129,14 +159,18 @@ pub enum XdpModeArg {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// One interface (`iface`) or several (`interfaces`).
     pub iface: Option<String>,
+    pub interfaces: Option<Vec<String>>,
+    /// The one-service shorthand (service `default`).
     pub listen: Option<Vec<String>>,
-    pub backends: Option<Vec<String>>,
-    pub syn_only: Option<bool>,
+    pub backends: Option<Vec<BackendEntry>>,
     pub server_first: Option<Vec<String>>,
+    pub proxy_protocol: Option<proxyproto::Mode>,
+    pub syn_only: Option<bool>,
     pub secret_file: Option<PathBuf>,
     pub xdp_mode: Option<XdpModeArg>,
-    pub proxy_protocol: Option<proxyproto::Mode>,
+    pub pid_file: Option<PathBuf>,
     pub epoch_secs: Option<u32>,
     pub mss: Option<u16>,
     pub stats_interval_secs: Option<u64>,
@@ -144,8 +178,11 @@ pub struct FileConfig {
     pub metrics: Option<String>,
     pub log_level: Option<String>,
     pub limits: Option<Limits>,
+    #[serde(rename = "service")]
+    pub services: Option<Vec<ServiceFile>>,
 }
 
+/// `[limits]`: the instance's own, and every service's defaults.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
@@ -156,30 +193,86 @@ pub struct Limits {
     pub grace_secs: Option<u64>,
 }
 
+/// One `[[service]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    pub name: Option<String>,
+    pub listen: Option<Vec<String>>,
+    pub backends: Option<Vec<BackendEntry>>,
+    /// The server speaks first (SSH, SMTP): SYN-ACKs are retransmitted.
+    pub server_first: Option<bool>,
+    pub proxy_protocol: Option<proxyproto::Mode>,
+    pub limits: Option<ServiceLimits>,
+}
+
+/// `[service.limits]`: overrides of `[limits]` for one service.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceLimits {
+    /// This service's share of the instance's connections at most.
+    pub max_connections: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub backend_backoff_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+}
+
+/// A backend: `"ADDR:PORT"`, or `{ address = "ADDR:PORT", weight = N }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum BackendEntry {
+    Address(String),
+    Weighted(WeightedBackend),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedBackend {
+    pub address: String,
+    pub weight: Option<u32>,
+}
+
 /// One run, validated: flags over the file over the defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    pub iface: String,
-    pub listen: Vec<SocketAddr>,
-    pub backends: Vec<SocketAddr>,
+    pub interfaces: Vec<String>,
+    pub services: Vec<Service>,
     /// Answer SYNs only (no backends, ACKs go to the kernel).
     pub syn_only: bool,
-    /// Services (among `listen`) whose SYN-ACKs are retransmitted.
-    pub server_first: Vec<SocketAddr>,
     pub secret_file: Option<PathBuf>,
     /// `None`: `--xdp-mode off`.
     pub mode: Option<AttachMode>,
-    pub proxy_protocol: proxyproto::Mode,
+    pub pid_file: Option<PathBuf>,
     pub epoch_secs: u32,
     pub mss: Option<u16>,
     pub stats_interval: Option<Duration>,
     pub metrics: Option<SocketAddr>,
     pub log_level: String,
+    /// The whole instance's connection limit.
     pub max_connections: usize,
+    pub grace: Duration,
+}
+
+/// A service: the ADDR:PORTs it protects and where their flows go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub listen: Vec<SocketAddr>,
+    /// Those of `listen` whose server speaks first.
+    pub server_first: Vec<SocketAddr>,
+    pub backends: Vec<Backend>,
+    pub proxy_protocol: proxyproto::Mode,
+    /// This service's own cap, under the instance's.
+    pub max_connections: Option<usize>,
     pub connect_timeout: Duration,
     pub backend_backoff: Duration,
     pub idle_timeout: Duration,
-    pub grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub weight: u32,
 }
 
 #[derive(Debug, Error)]
@@ -190,6 +283,10 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("{0}")]
     Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
 }
 
 pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
@@ -251,15 +348,61 @@ impl FileConfig {
     }
 }
 
-fn addrs(
-    key: &str,
-    list: &[String],
-    parse: fn(&str) -> Result<SocketAddr, String>,
-) -> Result<Vec<SocketAddr>, ConfigError> {
-    list.iter()
-        .enumerate()
-        .map(|(i, s)| parse(s).map_err(|e| ConfigError::Invalid(format!("config {key}[{i}]: {e}"))))
-        .collect()
+/// Where a value came from, for error messages: `service "web": limits.idle_timeout_secs`.
+#[derive(Clone, Copy)]
+struct Scope<'a>(Option<&'a str>);
+
+impl Scope<'_> {
+    fn key(&self, key: &str) -> String {
+        match self.0 {
+            Some(s) => format!("service \"{s}\": {key}"),
+            None => key.to_string(),
+        }
+    }
+
+    fn parse_all(
+        &self,
+        key: &str,
+        list: &[String],
+        parse: fn(&str) -> Result<SocketAddr, String>,
+    ) -> Result<Vec<SocketAddr>, ConfigError> {
+        list.iter()
+            .enumerate()
+            .map(|(i, s)| parse(s).map_err(|e| invalid(format!("{}[{i}]: {e}", self.key(key)))))
+            .collect()
+    }
+
+    fn backends(&self, list: &[BackendEntry]) -> Result<Vec<Backend>, ConfigError> {
+        let mut out: Vec<Backend> = Vec::with_capacity(list.len());
+        for (i, b) in list.iter().enumerate() {
+            let (addr, weight) = match b {
+                BackendEntry::Address(a) => (a, None),
+                BackendEntry::Weighted(w) => (&w.address, w.weight),
+            };
+            let at = self.key(&format!("backends[{i}]"));
+            let addr = parse_backend(addr).map_err(|e| invalid(format!("{at}: {e}")))?;
+            let weight = checked_key(
+                &format!("{at}.weight"),
+                None,
+                weight.unwrap_or(WEIGHT),
+                WEIGHT_RANGE,
+            )?;
+            if out.iter().any(|o| o.addr == addr) {
+                return Err(invalid(format!(
+                    "{at}: {addr} is listed twice (give it a weight instead)"
+                )));
+            }
+            out.push(Backend { addr, weight });
+        }
+        Ok(out)
+    }
+}
+
+/// The per-service values `[limits]` and the flags give every service.
+struct ServiceDefaults {
+    connect_timeout_ms: u64,
+    backend_backoff_secs: u64,
+    idle_timeout_secs: u64,
 }
 
 impl Plan {
@@ -275,62 +418,28 @@ impl Plan {
     /// Flags over file over defaults; every value is checked here, once.
     pub fn resolve(a: &RunArgs, f: &FileConfig) -> Result<Self, ConfigError> {
         let l = f.limits.as_ref();
-        let iface = a.iface.clone().or_else(|| f.iface.clone()).ok_or_else(|| {
-            ConfigError::Invalid("no interface: give --iface or `iface` in the config file".into())
-        })?;
-        let listen = if a.listen.is_empty() {
-            addrs("listen", f.listen.as_deref().unwrap_or(&[]), parse_listen)?
-        } else {
-            a.listen.clone()
-        };
-        if listen.is_empty() {
-            return Err(ConfigError::Invalid(
-                "no protected service: give --listen ADDR:PORT or `listen = [...]` in the config file".into(),
-            ));
-        }
-        let backends = if a.backends.is_empty() {
-            addrs(
-                "backends",
-                f.backends.as_deref().unwrap_or(&[]),
-                parse_backend,
-            )?
-        } else {
-            a.backends.clone()
-        };
+        let interfaces = interfaces(a, f)?;
         let syn_only = a.syn_only || f.syn_only.unwrap_or(false);
-        match (syn_only, backends.is_empty()) {
-            (false, true) => return Err(ConfigError::Invalid(
-                "no backend: give --backend ADDR:PORT (or `backends = [...]` in the config file). \
-                     To only answer SYNs, for a benchmark, give --syn-only: no kernel listener can \
-                     accept ackgate's cookies, so without backends it takes a real service down"
-                    .into(),
-            )),
-            (true, false) => return Err(ConfigError::Invalid(
-                "syn_only and backends exclude each other: with --syn-only, ACKs go to the kernel"
-                    .into(),
-            )),
-            _ => {}
-        }
-        let server_first = if a.server_first.is_empty() {
-            addrs(
-                "server_first",
-                f.server_first.as_deref().unwrap_or(&[]),
-                parse_listen,
-            )?
-        } else {
-            a.server_first.clone()
+        let defaults = ServiceDefaults {
+            connect_timeout_ms: a
+                .connect_timeout_ms
+                .or(l.and_then(|l| l.connect_timeout_ms))
+                .unwrap_or(CONNECT_TIMEOUT_MS),
+            backend_backoff_secs: a
+                .backend_backoff_secs
+                .or(l.and_then(|l| l.backend_backoff_secs))
+                .unwrap_or(BACKEND_BACKOFF_SECS),
+            idle_timeout_secs: a
+                .idle_timeout_secs
+                .or(l.and_then(|l| l.idle_timeout_secs))
+                .unwrap_or(IDLE_TIMEOUT_SECS),
         };
-        if let Some(s) = server_first.iter().find(|s| !listen.contains(s)) {
-            return Err(ConfigError::Invalid(format!(
-                "server_first {s} is not one of the protected services (listen)"
-            )));
-        }
+        let services = services(a, f, syn_only, &defaults)?;
         let metrics = match (a.metrics, &f.metrics) {
             (Some(m), _) => Some(m),
-            (None, Some(m)) => Some(
-                parse_metrics(m)
-                    .map_err(|e| ConfigError::Invalid(format!("config metrics: {e}")))?,
-            ),
+            (None, Some(m)) => {
+                Some(parse_metrics(m).map_err(|e| invalid(format!("config metrics: {e}")))?)
+            }
             (None, None) => None,
         };
         let log_level = a
@@ -339,7 +448,7 @@ impl Plan {
             .or_else(|| f.log_level.clone())
             .unwrap_or_else(|| LOG_LEVEL.into());
         if let Err(e) = crate::telemetry::logging::filter(&log_level) {
-            return Err(ConfigError::Invalid(format!(
+            return Err(invalid(format!(
                 "log level '{log_level}': {e} (use error, warn, info, debug or trace)"
             )));
         }
@@ -359,76 +468,98 @@ impl Plan {
                 .unwrap_or(MAX_CONNECTIONS),
             MAX_CONNECTIONS_RANGE,
         )?;
-        let connect_ms = checked(
-            "connect_timeout_ms",
-            a.connect_timeout_ms
-                .or(l.and_then(|l| l.connect_timeout_ms))
-                .unwrap_or(CONNECT_TIMEOUT_MS),
-            CONNECT_TIMEOUT_MS_RANGE,
+        let grace = checked(
+            "grace_secs",
+            a.grace_secs
+                .or(l.and_then(|l| l.grace_secs))
+                .unwrap_or(GRACE_SECS),
+            GRACE_SECS_RANGE,
         )?;
-        let idle = checked(
-            "idle_timeout_secs",
-            a.idle_timeout_secs
-                .or(l.and_then(|l| l.idle_timeout_secs))
-                .unwrap_or(IDLE_TIMEOUT_SECS),
-            IDLE_TIMEOUT_SECS_RANGE,
+        let stats = checked_key(
+            "stats_interval_secs",
+            Some("stats-interval"),
+            a.stats_interval
+                .or(f.stats_interval_secs)
+                .unwrap_or(STATS_INTERVAL_SECS),
+            STATS_INTERVAL_SECS_RANGE,
         )?;
-        let backoff = a
-            .backend_backoff_secs
-            .or(l.and_then(|l| l.backend_backoff_secs))
-            .unwrap_or(BACKEND_BACKOFF_SECS);
-        let grace = a
-            .grace_secs
-            .or(l.and_then(|l| l.grace_secs))
-            .unwrap_or(GRACE_SECS);
-        let stats = a
-            .stats_interval
-            .or(f.stats_interval_secs)
-            .unwrap_or(STATS_INTERVAL_SECS);
         let mode = match a.xdp_mode.or(f.xdp_mode).unwrap_or(XdpModeArg::Native) {
             XdpModeArg::Native => Some(AttachMode::Native),
             XdpModeArg::Skb => Some(AttachMode::Skb),
             XdpModeArg::Off if syn_only => {
-                return Err(ConfigError::Invalid(
-                    "--xdp-mode off needs --backend: without XDP, ackgate is only a proxy".into(),
+                return Err(invalid(
+                    "--xdp-mode off needs --backend: without XDP, ackgate is only a proxy",
                 ))
             }
             XdpModeArg::Off => None,
         };
         Ok(Plan {
-            iface,
-            listen,
-            backends,
+            interfaces,
+            services,
             syn_only,
-            server_first,
             secret_file: a.secret_file.clone().or_else(|| f.secret_file.clone()),
             mode,
-            proxy_protocol: a.proxy_protocol.or(f.proxy_protocol).unwrap_or_default(),
+            pid_file: a.pid_file.clone().or_else(|| f.pid_file.clone()),
             epoch_secs,
             mss,
             stats_interval: (stats > 0).then(|| Duration::from_secs(stats)),
             metrics,
             log_level,
             max_connections: max_connections as usize,
-            connect_timeout: Duration::from_millis(connect_ms),
-            backend_backoff: Duration::from_secs(backoff),
-            idle_timeout: Duration::from_secs(idle),
             grace: Duration::from_secs(grace),
         })
     }
 
-    /// The SYN-ACK parameters for the interface: its MTU, the MSS clamp if
-    /// one was given, and a timestamp cookie's lifetime of exactly one
-    /// epoch (the epoch bits alone would allow one to two).
-    pub fn settings(&self) -> Result<Settings, ConfigError> {
-        if nix::net::if_::if_nametoindex(self.iface.as_str()).is_err() {
-            return Err(ConfigError::Invalid(format!(
-                "no such interface: {}",
-                self.iface
-            )));
+    /// Every protected ADDR:PORT and whether its server speaks first.
+    pub fn protected(&self) -> Vec<(SocketAddr, bool)> {
+        self.services
+            .iter()
+            .flat_map(|s| s.listen.iter().map(|l| (*l, s.server_first.contains(l))))
+            .collect()
+    }
+
+    /// How many backends all services have together.
+    pub fn backend_count(&self) -> usize {
+        self.services.iter().map(|s| s.backends.len()).sum()
+    }
+
+    /// What a reload cannot change in place (it needs a restart or an
+    /// upgrade): an error naming the first such key, or `Ok` when `new`
+    /// may replace `self`.
+    pub fn reloadable_as(&self, new: &Plan) -> Result<(), ConfigError> {
+        let fixed: [(&str, bool); 8] = [
+            ("pid_file", self.pid_file != new.pid_file),
+            ("interfaces", self.interfaces != new.interfaces),
+            ("xdp_mode", self.mode != new.mode),
+            ("syn_only", self.syn_only != new.syn_only),
+            ("secret_file", self.secret_file != new.secret_file),
+            ("epoch_secs", self.epoch_secs != new.epoch_secs),
+            ("mss", self.mss != new.mss),
+            ("metrics", self.metrics != new.metrics),
+        ];
+        match fixed.iter().find(|(_, changed)| *changed) {
+            Some((key, _)) => Err(invalid(format!(
+                "{key} cannot change on reload (restart or upgrade ackgate to change it); \
+                 nothing was applied"
+            ))),
+            None => Ok(()),
         }
-        let mtu = crate::sys::netdev::mtu(&self.iface)
-            .map_err(|e| ConfigError::Invalid(format!("interface {}: {e:#}", self.iface)))?;
+    }
+
+    /// The SYN-ACK parameters for the interfaces: the smallest MTU among
+    /// them (a clamp that fits every path), the MSS clamp if one was given,
+    /// and a timestamp cookie's lifetime of exactly one epoch (the epoch
+    /// bits alone would allow one to two).
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let mut mtu = u32::MAX;
+        for iface in &self.interfaces {
+            if nix::net::if_::if_nametoindex(iface.as_str()).is_err() {
+                return Err(invalid(format!("no such interface: {iface}")));
+            }
+            let m = crate::sys::netdev::mtu(iface)
+                .map_err(|e| invalid(format!("interface {iface}: {e:#}")))?;
+            mtu = mtu.min(m);
+        }
         let mut s = Settings::for_mtu(mtu);
         if let Some(m) = self.mss {
             s.mss4 = m;
@@ -439,20 +570,295 @@ impl Plan {
     }
 }
 
-/// `v` if `range` holds it; else an error naming the key.
+fn interfaces(a: &RunArgs, f: &FileConfig) -> Result<Vec<String>, ConfigError> {
+    let list =
+        if !a.iface.is_empty() {
+            a.iface.clone()
+        } else {
+            match (&f.iface, &f.interfaces) {
+                (Some(_), Some(_)) => return Err(invalid(
+                    "iface and interfaces exclude each other: list every interface in `interfaces`",
+                )),
+                (Some(i), None) => vec![i.clone()],
+                (None, Some(v)) => v.clone(),
+                (None, None) => vec![],
+            }
+        };
+    if list.is_empty() {
+        return Err(invalid(
+            "no interface: give --iface or `iface` (or `interfaces = [...]`) in the config file",
+        ));
+    }
+    if list.len() > MAX_INTERFACES {
+        return Err(invalid(format!(
+            "interfaces: at most {MAX_INTERFACES}, got {}",
+            list.len()
+        )));
+    }
+    let mut seen = HashSet::new();
+    for (i, name) in list.iter().enumerate() {
+        // IFNAMSIZ is 16 with the NUL.
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
+            return Err(invalid(format!(
+                "interfaces[{i}]: '{name}' is not an interface name"
+            )));
+        }
+        if !seen.insert(name) {
+            return Err(invalid(format!("interfaces[{i}]: {name} is listed twice")));
+        }
+    }
+    Ok(list)
+}
+
+/// The services: the file's `[[service]]`s, or one from the flags and the
+/// file's top-level keys.
+fn services(
+    a: &RunArgs,
+    f: &FileConfig,
+    syn_only: bool,
+    d: &ServiceDefaults,
+) -> Result<Vec<Service>, ConfigError> {
+    let flags_shape = !a.listen.is_empty()
+        || !a.backends.is_empty()
+        || !a.server_first.is_empty()
+        || a.proxy_protocol.is_some();
+    let top_shape = f.listen.is_some()
+        || f.backends.is_some()
+        || f.server_first.is_some()
+        || f.proxy_protocol.is_some();
+    let services = match &f.services {
+        Some(list) => {
+            if flags_shape {
+                return Err(invalid(
+                    "the config file describes services ([[service]]); --listen, --backend, \
+                     --server-first and --proxy-protocol describe one service and cannot be \
+                     combined with them",
+                ));
+            }
+            if top_shape {
+                return Err(invalid(
+                    "top-level listen, backends, server_first and proxy_protocol are the \
+                     one-service shorthand: with [[service]] tables, put them in a service",
+                ));
+            }
+            if list.is_empty() {
+                return Err(invalid("no protected service: [[service]] is empty"));
+            }
+            list.iter()
+                .enumerate()
+                .map(|(i, s)| service_from_file(i, s, syn_only, d))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        None => vec![default_service(a, f, syn_only, d)?],
+    };
+    let mut owner: HashMap<SocketAddr, &str> = HashMap::new();
+    let mut names = HashSet::new();
+    for s in &services {
+        if !names.insert(s.name.as_str()) {
+            return Err(invalid(format!(
+                "service \"{}\": the name is used twice",
+                s.name
+            )));
+        }
+        for l in &s.listen {
+            if let Some(other) = owner.insert(*l, &s.name) {
+                return Err(invalid(format!(
+                    "service \"{}\": listen {l} is already protected by service \"{other}\"",
+                    s.name
+                )));
+            }
+        }
+    }
+    Ok(services)
+}
+
+fn default_service(
+    a: &RunArgs,
+    f: &FileConfig,
+    syn_only: bool,
+    d: &ServiceDefaults,
+) -> Result<Service, ConfigError> {
+    let top = Scope(None);
+    let listen = if a.listen.is_empty() {
+        top.parse_all("listen", f.listen.as_deref().unwrap_or(&[]), parse_listen)?
+    } else {
+        a.listen.clone()
+    };
+    if listen.is_empty() {
+        return Err(invalid(
+            "no protected service: give --listen ADDR:PORT, `listen = [...]` or [[service]] \
+             tables in the config file",
+        ));
+    }
+    let backends = if a.backends.is_empty() {
+        top.backends(f.backends.as_deref().unwrap_or(&[]))?
+    } else {
+        a.backends
+            .iter()
+            .map(|&addr| Backend {
+                addr,
+                weight: WEIGHT,
+            })
+            .collect()
+    };
+    check_backends(top, syn_only, &backends)?;
+    let server_first = if a.server_first.is_empty() {
+        top.parse_all(
+            "server_first",
+            f.server_first.as_deref().unwrap_or(&[]),
+            parse_listen,
+        )?
+    } else {
+        a.server_first.clone()
+    };
+    if let Some(s) = server_first.iter().find(|s| !listen.contains(s)) {
+        return Err(invalid(format!(
+            "server_first {s} is not one of the protected services (listen)"
+        )));
+    }
+    Ok(Service {
+        name: DEFAULT_SERVICE.into(),
+        listen,
+        server_first,
+        backends,
+        proxy_protocol: a.proxy_protocol.or(f.proxy_protocol).unwrap_or_default(),
+        max_connections: None,
+        connect_timeout: Duration::from_millis(checked(
+            "connect_timeout_ms",
+            d.connect_timeout_ms,
+            CONNECT_TIMEOUT_MS_RANGE,
+        )?),
+        backend_backoff: Duration::from_secs(checked(
+            "backend_backoff_secs",
+            d.backend_backoff_secs,
+            BACKEND_BACKOFF_SECS_RANGE,
+        )?),
+        idle_timeout: Duration::from_secs(checked(
+            "idle_timeout_secs",
+            d.idle_timeout_secs,
+            IDLE_TIMEOUT_SECS_RANGE,
+        )?),
+    })
+}
+
+fn service_from_file(
+    i: usize,
+    s: &ServiceFile,
+    syn_only: bool,
+    d: &ServiceDefaults,
+) -> Result<Service, ConfigError> {
+    let name = s
+        .name
+        .clone()
+        .ok_or_else(|| invalid(format!("service {}: no name (name = \"web\")", i + 1)))?;
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(invalid(format!(
+            "service {}: name '{name}': use 1-64 letters, digits, '-', '_' or '.'",
+            i + 1
+        )));
+    }
+    let at = Scope(Some(&name));
+    let listen = at.parse_all("listen", s.listen.as_deref().unwrap_or(&[]), parse_listen)?;
+    if listen.is_empty() {
+        return Err(invalid(format!(
+            "{}: no protected ADDR:PORT (listen = [\"192.0.2.1:443\"])",
+            at.key("listen")
+        )));
+    }
+    let backends = at.backends(s.backends.as_deref().unwrap_or(&[]))?;
+    check_backends(at, syn_only, &backends)?;
+    let l = s.limits.as_ref();
+    let max_connections = match l.and_then(|l| l.max_connections) {
+        Some(m) => Some(checked_key(
+            &at.key("limits.max_connections"),
+            None,
+            m,
+            MAX_CONNECTIONS_RANGE,
+        )? as usize),
+        None => None,
+    };
+    let pick = |v: Option<u64>, default: u64| v.unwrap_or(default);
+    Ok(Service {
+        server_first: if s.server_first.unwrap_or(false) {
+            listen.clone()
+        } else {
+            vec![]
+        },
+        listen,
+        backends,
+        proxy_protocol: s.proxy_protocol.unwrap_or_default(),
+        max_connections,
+        connect_timeout: Duration::from_millis(checked_key(
+            &at.key("limits.connect_timeout_ms"),
+            None,
+            pick(l.and_then(|l| l.connect_timeout_ms), d.connect_timeout_ms),
+            CONNECT_TIMEOUT_MS_RANGE,
+        )?),
+        backend_backoff: Duration::from_secs(checked_key(
+            &at.key("limits.backend_backoff_secs"),
+            None,
+            pick(
+                l.and_then(|l| l.backend_backoff_secs),
+                d.backend_backoff_secs,
+            ),
+            BACKEND_BACKOFF_SECS_RANGE,
+        )?),
+        idle_timeout: Duration::from_secs(checked_key(
+            &at.key("limits.idle_timeout_secs"),
+            None,
+            pick(l.and_then(|l| l.idle_timeout_secs), d.idle_timeout_secs),
+            IDLE_TIMEOUT_SECS_RANGE,
+        )?),
+        name,
+    })
+}
+
+fn check_backends(at: Scope, syn_only: bool, backends: &[Backend]) -> Result<(), ConfigError> {
+    match (syn_only, backends.is_empty()) {
+        (false, true) => Err(invalid(format!(
+            "{}no backend: give --backend ADDR:PORT (or `backends = [...]` in the config \
+             file). To only answer SYNs, for a benchmark, give --syn-only: no kernel listener \
+             can accept ackgate's cookies, so without backends it takes a real service down",
+            at.0.map(|s| format!("service \"{s}\": "))
+                .unwrap_or_default()
+        ))),
+        (true, false) => Err(invalid(format!(
+            "{}syn_only and backends exclude each other: with --syn-only, ACKs go to the kernel",
+            at.0.map(|s| format!("service \"{s}\": "))
+                .unwrap_or_default()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `v` if `range` holds it; else an error naming the key and its flag.
 fn checked<T: PartialOrd + std::fmt::Display>(
     key: &str,
+    v: T,
+    range: RangeInclusive<T>,
+) -> Result<T, ConfigError> {
+    checked_key(key, Some(&key.replace('_', "-")), v, range)
+}
+
+fn checked_key<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    flag: Option<&str>,
     v: T,
     range: RangeInclusive<T>,
 ) -> Result<T, ConfigError> {
     if range.contains(&v) {
         return Ok(v);
     }
-    Err(ConfigError::Invalid(format!(
-        "{key} {v}: must be {}-{} (--{})",
+    let flag = flag.map(|f| format!(" (--{f})")).unwrap_or_default();
+    Err(invalid(format!(
+        "{key} {v}: must be {}-{}{flag}",
         range.start(),
         range.end(),
-        key.replace('_', "-")
     )))
 }
 
@@ -461,19 +867,45 @@ mod tests {
     use super::*;
 
     const EXAMPLE: &str = include_str!("../../examples/ackgate.toml");
+    const SERVICES: &str = include_str!("../../examples/services.toml");
+
+    fn resolve(text: &str) -> Result<Plan, String> {
+        let f = FileConfig::parse(text)?;
+        Plan::resolve(&RunArgs::default(), &f).map_err(|e| e.to_string())
+    }
 
     #[test]
     fn example_config_parses_and_resolves() {
-        let f = FileConfig::parse(EXAMPLE).unwrap();
-        let c = Plan::resolve(&RunArgs::default(), &f).unwrap();
-        assert_eq!(c.iface, "eth0");
-        assert_eq!(c.listen.len(), 2);
-        assert_eq!(c.backends.len(), 2);
-        assert_eq!(c.proxy_protocol, proxyproto::Mode::V2);
+        let c = resolve(EXAMPLE).unwrap();
+        assert_eq!(c.interfaces, ["eth0"]);
+        let s = &c.services[0];
+        assert_eq!((c.services.len(), s.name.as_str()), (1, DEFAULT_SERVICE));
+        assert_eq!(s.listen.len(), 2);
+        assert_eq!(s.backends.len(), 2);
+        assert_eq!(s.proxy_protocol, proxyproto::Mode::V2);
         assert_eq!(c.max_connections, 20_000);
-        assert_eq!(c.connect_timeout, Duration::from_millis(2000));
+        assert_eq!(s.connect_timeout, Duration::from_millis(2000));
         assert_eq!(c.metrics, Some("127.0.0.1:9469".parse().unwrap()));
         assert_eq!(c.log_level, "info");
+    }
+
+    #[test]
+    fn services_example_resolves_with_per_service_values() {
+        let c = resolve(SERVICES).unwrap();
+        assert_eq!(c.interfaces, ["eth0", "eth1"]);
+        let names: Vec<_> = c.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["http", "https", "ssh"]);
+        let https = &c.services[1];
+        assert_eq!(https.proxy_protocol, proxyproto::Mode::V2);
+        assert_eq!(https.backends[1].weight, 3);
+        assert_eq!(https.backends[0].weight, WEIGHT);
+        assert_eq!(https.max_connections, Some(15_000));
+        assert_eq!(https.idle_timeout, Duration::from_secs(600));
+        // Unset service limits come from [limits].
+        assert_eq!(c.services[0].connect_timeout, Duration::from_millis(2000));
+        let ssh = &c.services[2];
+        assert_eq!(ssh.server_first, ssh.listen);
+        assert_eq!(c.protected().iter().filter(|(_, sf)| *sf).count(), 1);
     }
 
     #[test]
@@ -483,16 +915,16 @@ mod tests {
         )
         .unwrap();
         let a = RunArgs {
-            iface: Some("eth1".into()),
+            iface: vec!["eth1".into()],
             max_connections: Some(7),
             ..Default::default()
         };
         let c = Plan::resolve(&a, &f).unwrap();
-        assert_eq!((c.iface.as_str(), c.max_connections), ("eth1", 7));
+        assert_eq!((c.interfaces[0].as_str(), c.max_connections), ("eth1", 7));
         assert_eq!(c.grace, Duration::from_secs(3));
-        assert_eq!(c.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.services[0].idle_timeout, Duration::from_secs(300));
         assert_eq!(c.mode, Some(AttachMode::Native));
-        assert_eq!(c.proxy_protocol, proxyproto::Mode::Off);
+        assert_eq!(c.services[0].proxy_protocol, proxyproto::Mode::Off);
     }
 
     #[test]
@@ -503,54 +935,121 @@ mod tests {
         assert!(e.contains("unknown field `max_conns`"), "{e}");
         let e = FileConfig::parse("xdp_mode = \"turbo\"\n").unwrap_err();
         assert!(e.contains("turbo"), "{e}");
-        let f = FileConfig::parse(
-            "iface = \"eth0\"\nlisten = [\"192.0.2.1:80\", \"::1:80\"]\nsyn_only = true\n",
-        )
-        .unwrap();
-        let e = Plan::resolve(&RunArgs::default(), &f)
-            .unwrap_err()
-            .to_string();
+        let e = FileConfig::parse("[[service]]\nname = \"a\"\nlisen = []\n").unwrap_err();
+        assert!(
+            e.contains("line 3") && e.contains("unknown field `lisen`"),
+            "{e}"
+        );
+        let e =
+            resolve("iface = \"eth0\"\nlisten = [\"192.0.2.1:80\", \"::1:80\"]\nsyn_only = true\n")
+                .unwrap_err();
         assert!(e.contains("listen[1]") && e.contains("brackets"), "{e}");
-        let f = FileConfig::parse("listen = [\"192.0.2.1:80\"]\nsyn_only = true\n").unwrap();
-        let e = Plan::resolve(&RunArgs::default(), &f)
-            .unwrap_err()
-            .to_string();
+        let e = resolve("listen = [\"192.0.2.1:80\"]\nsyn_only = true\n").unwrap_err();
         assert!(e.contains("no interface"), "{e}");
-        let f = FileConfig::parse(
+        let e = resolve(
             "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nsyn_only = true\nxdp_mode = \"off\"\n",
         )
-        .unwrap();
-        assert!(Plan::resolve(&RunArgs::default(), &f)
-            .unwrap_err()
-            .to_string()
-            .contains("needs --backend"));
-        let f = FileConfig::parse(
-            "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nsyn_only = true\nmss = 100\n",
-        )
-        .unwrap();
-        assert!(Plan::resolve(&RunArgs::default(), &f)
-            .unwrap_err()
-            .to_string()
-            .contains("mss 100"));
-        let f = FileConfig::parse(
+        .unwrap_err();
+        assert!(e.contains("needs --backend"), "{e}");
+        let e = resolve("iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nsyn_only = true\nmss = 100\n")
+            .unwrap_err();
+        assert!(e.contains("mss 100"), "{e}");
+        let e = resolve(
             "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nsyn_only = true\nmetrics = \"localhost\"\n",
         )
-        .unwrap();
-        let e = Plan::resolve(&RunArgs::default(), &f)
-            .unwrap_err()
-            .to_string();
+        .unwrap_err();
         assert!(
             e.contains("config metrics") && e.contains("ADDR:PORT"),
             "{e}"
         );
-        let f = FileConfig::parse(
+        let e = resolve(
             "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nsyn_only = true\nlog_level = \"loud[\"\n",
         )
-        .unwrap();
-        let e = Plan::resolve(&RunArgs::default(), &f)
-            .unwrap_err()
-            .to_string();
+        .unwrap_err();
         assert!(e.contains("log level 'loud['"), "{e}");
+    }
+
+    #[test]
+    fn every_duration_is_range_checked() {
+        let base = "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nbackends = [\"10.0.0.1:80\"]\n";
+        for (key, v) in [
+            ("idle_timeout_secs", "9223372036854775807"),
+            ("backend_backoff_secs", "9223372036854775807"),
+            ("grace_secs", "9223372036854775807"),
+            ("connect_timeout_ms", "0"),
+            ("max_connections", "0"),
+        ] {
+            let e = resolve(&format!("{base}[limits]\n{key} = {v}\n")).unwrap_err();
+            assert!(e.contains(key) && e.contains("must be"), "{key}: {e}");
+        }
+        let e = resolve(&format!("{base}stats_interval_secs = 100000000\n")).unwrap_err();
+        assert!(e.contains("stats_interval_secs"), "{e}");
+    }
+
+    #[test]
+    fn service_errors_name_the_service_and_the_key() {
+        let svc = |body: &str| format!("iface = \"x\"\n[[service]]\n{body}\n");
+        let e = resolve(&svc(
+            "listen = [\"192.0.2.1:80\"]\nbackends = [\"10.0.0.1:80\"]",
+        ))
+        .unwrap_err();
+        assert!(e.contains("service 1: no name"), "{e}");
+        let e = resolve(&svc("name = \"web\"\nlisten = [\"192.0.2.1:80\"]")).unwrap_err();
+        assert!(e.contains("service \"web\": no backend"), "{e}");
+        let e = resolve(&svc(
+            "name = \"web\"\nlisten = [\"192.0.2.1:80\"]\nbackends = [{ address = \"10.0.0.1:80\", weight = 0 }]",
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("service \"web\": backends[0].weight 0: must be 1-1000"),
+            "{e}"
+        );
+        let e = resolve(&svc(
+            "name = \"web\"\nlisten = [\"192.0.2.1:80\"]\nbackends = [\"10.0.0.1:80\"]\n[service.limits]\nidle_timeout_secs = 0",
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("service \"web\": limits.idle_timeout_secs 0"),
+            "{e}"
+        );
+        let e = resolve(&svc(
+            "name = \"web\"\nlisten = [\"192.0.2.1:80\"]\nbackends = [\"10.0.0.1:80\"]\n\
+             [[service]]\nname = \"api\"\nlisten = [\"192.0.2.1:80\"]\nbackends = [\"10.0.0.2:80\"]",
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains(
+                "service \"api\": listen 192.0.2.1:80 is already protected by service \"web\""
+            ),
+            "{e}"
+        );
+        let e = resolve(&svc(
+            "name = \"web\"\nlisten = [\"192.0.2.1:80\"]\nbackends = [\"10.0.0.1:80\"]\n\
+             [[service]]\nname = \"web\"\nlisten = [\"192.0.2.1:81\"]\nbackends = [\"10.0.0.2:80\"]",
+        ))
+        .unwrap_err();
+        assert!(e.contains("used twice"), "{e}");
+        let e = resolve(&svc(
+            "name = \"we b\"\nlisten = [\"192.0.2.1:80\"]\nbackends = [\"10.0.0.1:80\"]",
+        ))
+        .unwrap_err();
+        assert!(e.contains("name 'we b'"), "{e}");
+        let e = resolve(&format!(
+            "listen = [\"192.0.2.1:1\"]\n{}",
+            svc("name = \"web\"\nlisten = [\"192.0.2.1:80\"]\nbackends = [\"10.0.0.1:80\"]")
+        ))
+        .unwrap_err();
+        assert!(e.contains("one-service shorthand"), "{e}");
+        let f = FileConfig::parse(&svc(
+            "name = \"web\"\nlisten = [\"192.0.2.1:80\"]\nbackends = [\"10.0.0.1:80\"]",
+        ))
+        .unwrap();
+        let a = RunArgs {
+            listen: vec!["192.0.2.9:80".parse().unwrap()],
+            ..Default::default()
+        };
+        let e = Plan::resolve(&a, &f).unwrap_err().to_string();
+        assert!(e.contains("cannot be combined"), "{e}");
     }
 
     #[test]
@@ -565,34 +1064,42 @@ mod tests {
             ..Default::default()
         };
         assert!(Plan::resolve(&a, &f).unwrap().syn_only);
-        let f = FileConfig::parse(
+        let e = resolve(
             "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nbackends = [\"127.0.0.1:9\"]\nsyn_only = true\n",
         )
-        .unwrap();
-        let e = Plan::resolve(&RunArgs::default(), &f)
-            .unwrap_err()
-            .to_string();
+        .unwrap_err();
         assert!(e.contains("exclude each other"), "{e}");
     }
 
     #[test]
     fn server_first_services_must_be_protected_ones() {
-        let f = FileConfig::parse(
+        let c = resolve(
             "iface = \"x\"\nlisten = [\"192.0.2.1:22\", \"192.0.2.1:80\"]\nbackends = [\"127.0.0.1:9\"]\nserver_first = [\"192.0.2.1:22\"]\n",
         )
         .unwrap();
-        let c = Plan::resolve(&RunArgs::default(), &f).unwrap();
-        assert_eq!(c.server_first, vec!["192.0.2.1:22".parse().unwrap()]);
-        let f = FileConfig::parse(
+        assert_eq!(
+            c.services[0].server_first,
+            vec!["192.0.2.1:22".parse().unwrap()]
+        );
+        let e = resolve(
             "iface = \"x\"\nlisten = [\"192.0.2.1:80\"]\nbackends = [\"127.0.0.1:9\"]\nserver_first = [\"192.0.2.1:25\"]\n",
         )
-        .unwrap();
-        let e = Plan::resolve(&RunArgs::default(), &f)
-            .unwrap_err()
-            .to_string();
+        .unwrap_err();
         assert!(
             e.contains("192.0.2.1:25") && e.contains("not one of"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn reload_refuses_what_needs_a_restart() {
+        let a = resolve(SERVICES).unwrap();
+        let mut b = a.clone();
+        b.services[0].backends.pop();
+        b.max_connections = 5;
+        assert!(a.reloadable_as(&b).is_ok());
+        b.epoch_secs += 1;
+        let e = a.reloadable_as(&b).unwrap_err().to_string();
+        assert!(e.contains("epoch_secs cannot change on reload"), "{e}");
     }
 }

@@ -3,13 +3,21 @@
 //!
 //! * SYN-only: XDP answers SYNs; ACKs go to the kernel (benchmarks, labs).
 //! * Proxy: XDP also verifies ACKs; each verified flow arrives on the ring,
-//!   is materialized as a socket and relayed to a backend.
+//!   is materialized as a socket and relayed to its service's backend.
 //! * Plain (`--xdp-mode off`): kernel listeners (kernel SYN cookies) and the
 //!   same relay.
+//!
+//! SIGHUP reloads the configuration in place: the protected set, services,
+//! backends and limits change for new flows; XDP stays attached, keys stay,
+//! running relays keep the service they started with.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
-    sync::{atomic::Ordering::Relaxed, Arc},
+    sync::{
+        atomic::{AtomicUsize, Ordering::Relaxed},
+        Arc, Mutex, RwLock,
+    },
     time::{Duration, Instant},
 };
 
@@ -18,16 +26,15 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{unix::AsyncFd, AsyncWriteExt as _},
     signal::unix::{signal, Signal, SignalKind},
-    sync::Semaphore,
-    task::JoinSet,
+    task::{AbortHandle, JoinSet},
 };
 
 use crate::{
-    config::Plan,
+    config::{Plan, RunArgs},
     handoff::{materialize, retransmit::Retransmitter},
     relay::{backends::Backends, proxyproto, reset, Moved, Relay, TokioRelay},
     sys::{clock, raw::RawSender, sysctl},
-    telemetry::metrics::{ResetReason, Stats, XdpMetrics, XDP_POLL},
+    telemetry::metrics::{ResetReason, ServiceStats, Stats, XdpMetrics, XDP_POLL},
     xdp::{
         ring::{self, Flow},
         secret::{current_epoch, Secret},
@@ -40,21 +47,24 @@ use crate::{
 const TICK: Duration = Duration::from_millis(100);
 /// Remembered SYN-ACKs are checked every this many ticks.
 const RETRANSMIT_TICKS: u64 = 2;
+/// A recurring local failure is logged at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
-/// Runs `plan` until SIGTERM or SIGINT, then drains.
-pub fn run(plan: Plan) -> Result<()> {
+/// Runs `plan` until SIGTERM or SIGINT, then drains; SIGHUP re-reads the
+/// configuration `args` name.
+pub fn run(plan: Plan, args: RunArgs) -> Result<()> {
     if plan.mode.is_some() && !nix::unistd::geteuid().is_root() {
         bail!("must run as root (needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to load and attach XDP)");
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(plan))
+    rt.block_on(serve(plan, args))
 }
 
-async fn serve(plan: Plan) -> Result<()> {
-    let mut stop = Stop::new()?;
-    let proxy = (!plan.backends.is_empty()).then(|| Proxy::new(&plan));
+async fn serve(mut plan: Plan, args: RunArgs) -> Result<()> {
+    let mut signals = Signals::new()?;
+    let proxy = (!plan.syn_only).then(|| Proxy::new(&plan));
     // The handoff's raw sockets come first, so a missing CAP_NET_RAW fails
     // before any traffic is taken.
     let sender = match (&proxy, plan.mode) {
@@ -78,15 +88,11 @@ async fn serve(plan: Plan) -> Result<()> {
         Some(g) if flows.is_some() => Some(watch_ring(&mut g.r)?),
         _ => None,
     };
-    let mut accepts = JoinSet::new();
+    let mut listeners = Listeners::default();
     if let (None, Some(p)) = (&gate, &proxy) {
-        for &addr in &plan.listen {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening on {addr}"))?;
-            accepts.spawn(accept_loop(l, addr, p.clone()));
-        }
+        listeners.apply(&plan, p).await?;
     }
+    let _pid = PidFile::write(plan.pid_file.as_deref())?;
     announce(&plan, &gate, &proxy);
 
     let mut tick = tokio::time::interval(TICK);
@@ -118,19 +124,37 @@ async fn serve(plan: Plan) -> Result<()> {
                 }
                 if last_poll.elapsed() >= XDP_POLL {
                     last_poll = Instant::now();
-                    if let Some(g) = &gate {
-                        g.publish()?;
+                    if let Some(g) = &mut gate {
+                        g.publish();
                     }
                     if let Some(p) = &proxy {
-                        p.backends.refresh_health();
+                        p.refresh_health();
                     }
                 }
                 if plan.stats_interval.is_some_and(|every| last_stats.elapsed() >= every) {
                     last_stats = Instant::now();
-                    tracing::info!("counters: {}", counters(&gate, &proxy)?);
+                    tracing::info!("counters: {}", counters(&gate, &proxy));
                 }
             }
-            s = stop.recv() => break s,
+            s = signals.recv() => match s {
+                Some(name) => break name,
+                None => {
+                    let r = reload(&args, &mut plan, &mut gate, &mut flows, &proxy, &mut listeners).await;
+                    match &r {
+                        Ok(()) => tracing::info!(
+                            "SIGHUP: configuration reloaded: {} services, {} backends",
+                            plan.services.len(),
+                            plan.backend_count()
+                        ),
+                        Err(e) => tracing::error!(
+                            "SIGHUP: reload refused, the running configuration stays: {e:#}"
+                        ),
+                    }
+                    if let Some(p) = &proxy {
+                        p.stats.reloaded(r.is_ok());
+                    }
+                }
+            },
         }
     };
 
@@ -140,94 +164,153 @@ async fn serve(plan: Plan) -> Result<()> {
     if let (Some(g), Some(_)) = (&mut gate, &flows) {
         g.r.set_handoff(false)?;
     }
-    accepts.abort_all();
+    listeners.close();
     match &proxy {
         Some(p) => p.drain(signame, plan.grace).await,
         None => tracing::info!("{signame}, detaching"),
     }
-    if let Some(g) = &gate {
-        g.publish()?;
+    if let Some(g) = &mut gate {
+        g.publish();
     }
-    tracing::info!("counters: {}", counters(&gate, &proxy)?);
+    tracing::info!("counters: {}", counters(&gate, &proxy));
+    Ok(())
+}
+
+/// Re-reads the configuration and applies it in place, or changes nothing
+/// and says why. New listeners are bound before anything changes; the
+/// protected set is replaced in XDP (kept services never stop being
+/// answered) and the service table swapped in the same step of the loop,
+/// so the next verified flow already follows the new configuration.
+async fn reload(
+    args: &RunArgs,
+    plan: &mut Plan,
+    gate: &mut Option<Gate>,
+    flows: &mut Option<Flows>,
+    proxy: &Option<Arc<Proxy>>,
+    listeners: &mut Listeners,
+) -> Result<()> {
+    let new = Plan::from_args(args)?;
+    plan.reloadable_as(&new)?;
+    if let (None, Some(p)) = (&gate, proxy) {
+        listeners.apply(&new, p).await?;
+    }
+    if let Some(g) = gate {
+        g.protect(&new)?;
+    }
+    if let Some(p) = proxy {
+        p.configure(&new);
+    }
+    if let Some(f) = flows {
+        f.server_first = server_first(&new);
+    }
+    *plan = new;
     Ok(())
 }
 
 /// The start-up lines operators (and the tests) look for.
 fn announce(plan: &Plan, gate: &Option<Gate>, proxy: &Option<Arc<Proxy>>) {
-    let list = |v: &[SocketAddr]| {
-        v.iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+    let list = |v: &mut dyn Iterator<Item = SocketAddr>| {
+        v.map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
     };
-    match (gate, proxy) {
-        (Some(g), None) => tracing::info!(
-            "attached to {} ({} XDP); protecting {}; mss {}/{}; epoch {}s",
-            plan.iface,
+    let ifaces = plan.interfaces.join(", ");
+    if let Some(g) = gate {
+        tracing::info!(
+            "attached to {ifaces} ({} XDP); protecting {}; mss {}/{}; epoch {}s",
             g.mode,
-            list(&plan.listen),
+            list(&mut plan.protected().into_iter().map(|(a, _)| a)),
             g.settings.mss4,
             g.settings.mss6,
             plan.epoch_secs
-        ),
-        (Some(g), Some(p)) => {
-            tracing::info!(
-                "attached to {} ({} XDP); proxying {} to {}; proxy protocol {:?}",
-                plan.iface,
-                g.mode,
-                list(&plan.listen),
-                list(&plan.backends),
-                plan.proxy_protocol
-            );
-            if !plan.server_first.is_empty() {
-                tracing::info!(
-                    "server first (SYN-ACKs retransmitted): {}",
-                    list(&plan.server_first)
-                );
-            }
-            tracing::info!(
-                "proxy ready: verified flows go to {} backends",
-                p.backends.len()
-            );
-        }
-        (None, Some(p)) => tracing::info!(
-            "proxy ready (no XDP: kernel SYN cookies); proxying to {} backends",
-            p.backends.len()
-        ),
-        (None, None) => {}
+        );
     }
+    let Some(p) = proxy else { return };
+    for s in &plan.services {
+        tracing::info!(
+            "service {}: {} to {}; proxy protocol {:?}{}",
+            s.name,
+            list(&mut s.listen.iter().copied()),
+            list(&mut s.backends.iter().map(|b| b.addr)),
+            s.proxy_protocol,
+            if s.server_first.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; server first (SYN-ACKs retransmitted): {}",
+                    list(&mut s.server_first.iter().copied())
+                )
+            }
+        );
+    }
+    let how = if gate.is_some() {
+        "verified flows"
+    } else {
+        "no XDP: kernel SYN cookies;"
+    };
+    tracing::info!(
+        "proxy ready: {how} go to {} backends of {} services",
+        p.backend_count(),
+        plan.services.len()
+    );
 }
 
 /// The counters line: XDP's and the proxy's, as the mode has them.
-fn counters(gate: &Option<Gate>, proxy: &Option<Arc<Proxy>>) -> Result<String> {
+fn counters(gate: &Option<Gate>, proxy: &Option<Arc<Proxy>>) -> String {
     let mut parts = Vec::new();
     if let Some(g) = gate {
-        parts.push(g.r.counters()?.to_string());
+        match g.r.counters() {
+            Ok(c) => parts.push(c.to_string()),
+            Err(e) => parts.push(format!("xdp_counters_unreadable=\"{e}\"")),
+        }
     }
     if let Some(p) = proxy {
-        parts.push(p.stats.to_string());
+        parts.push(p.line());
     }
-    Ok(parts.join(" "))
+    parts.join(" ")
 }
 
-/// SIGTERM and SIGINT, the only ways to stop.
-struct Stop {
+/// The pid file, removed when the engine returns.
+struct PidFile(Option<std::path::PathBuf>);
+
+impl PidFile {
+    fn write(path: Option<&std::path::Path>) -> Result<Self> {
+        if let Some(p) = path {
+            std::fs::write(p, format!("{}\n", std::process::id()))
+                .with_context(|| format!("writing pid file {}", p.display()))?;
+        }
+        Ok(PidFile(path.map(Into::into)))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// SIGTERM and SIGINT stop; SIGHUP reloads.
+struct Signals {
     term: Signal,
     int: Signal,
+    hup: Signal,
 }
 
-impl Stop {
+impl Signals {
     fn new() -> Result<Self> {
-        Ok(Stop {
+        Ok(Signals {
             term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
         })
     }
 
-    async fn recv(&mut self) -> &'static str {
+    /// The stopping signal's name, or `None` for SIGHUP.
+    async fn recv(&mut self) -> Option<&'static str> {
         tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => Some("SIGTERM"),
+            _ = self.int.recv() => Some("SIGINT"),
+            _ = self.hup.recv() => None,
         }
     }
 }
@@ -239,7 +322,13 @@ struct Gate {
     secret: Secret,
     settings: Settings,
     epoch: u32,
+    /// This instance takes verified flows.
+    handoff: bool,
+    /// The program's counters cover every interface it is attached to:
+    /// one set of series, labelled with all of them (`eth0,eth1`).
     metrics: XdpMetrics,
+    /// When a failed counter read was last logged.
+    warned: Option<Instant>,
 }
 
 impl Gate {
@@ -252,26 +341,44 @@ impl Gate {
             None => Secret::random(),
         };
         let settings = plan.settings()?;
-        let mut r = Responder::load()?;
-        for l in &plan.listen {
-            if handoff && plan.server_first.contains(l) {
-                r.add_server_first_service(*l)?;
-            } else {
-                r.add_service(*l)?;
-            }
-        }
-        let epoch = current_epoch(plan.epoch_secs);
-        r.install_keys(&secret, epoch, &settings)?;
-        r.set_handoff(handoff)?;
-        r.attach(&plan.iface, mode)?;
-        Ok(Gate {
+        let r = Responder::load()?;
+        let mut g = Gate {
             r,
             mode,
             secret,
             settings,
-            epoch,
-            metrics: XdpMetrics::new(&plan.iface),
-        })
+            epoch: current_epoch(plan.epoch_secs),
+            handoff,
+            metrics: XdpMetrics::new(&plan.interfaces.join(",")),
+            warned: None,
+        };
+        g.protect(plan)?;
+        g.r.install_keys(&g.secret, g.epoch, &g.settings)?;
+        g.r.set_handoff(handoff)?;
+        for iface in &plan.interfaces {
+            g.r.attach(iface, mode)?;
+        }
+        Ok(g)
+    }
+
+    /// Protects `plan`'s ADDR:PORTs, replacing the set in place: kept
+    /// ones never stop being answered. Server-first SYN-ACKs are only
+    /// remembered when this instance takes the flows (handoff).
+    fn protect(&mut self, plan: &Plan) -> Result<()> {
+        let set: Vec<(SocketAddr, bool)> = plan
+            .protected()
+            .into_iter()
+            .map(|(a, sf)| (a, sf && self.handoff))
+            .collect();
+        // Until the in-place replacement lands: additions only.
+        for (a, sf) in set {
+            if sf {
+                self.r.add_server_first_service(a)?;
+            } else {
+                self.r.add_service(a)?;
+            }
+        }
+        Ok(())
     }
 
     /// The TSval clock, and the keys when the epoch turns.
@@ -286,9 +393,19 @@ impl Gate {
         Ok(())
     }
 
-    fn publish(&self) -> Result<()> {
-        self.metrics.publish(&self.r.counters()?);
-        Ok(())
+    /// Publishes the XDP counters. A failed read (the map lookup needs a
+    /// file descriptor for the CPU list, and descriptors can run out) is
+    /// logged once a minute at most and never stops the engine.
+    fn publish(&mut self) {
+        match self.r.counters() {
+            Ok(c) => self.metrics.publish(&c),
+            Err(e) => {
+                if self.warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                    self.warned = Some(Instant::now());
+                    tracing::warn!("reading the XDP counters failed (metrics are stale): {e}");
+                }
+            }
+        }
     }
 }
 
@@ -321,12 +438,19 @@ struct Flows {
     wscale: u8,
 }
 
+fn server_first(plan: &Plan) -> Vec<SocketAddr> {
+    plan.protected()
+        .into_iter()
+        .filter_map(|(a, sf)| sf.then_some(a))
+        .collect()
+}
+
 impl Flows {
     fn new(g: &mut Gate, sender: RawSender, plan: &Plan) -> Result<Self> {
         Ok(Flows {
             sender,
             retransmit: Retransmitter::new(g.r.take_recent()?),
-            server_first: plan.server_first.clone(),
+            server_first: server_first(plan),
             wscale: g.settings.wscale,
         })
     }
@@ -340,6 +464,13 @@ impl Flows {
                 p.stats.handoff_failed(err.reason());
                 return;
             }
+        };
+        // Verified before a reload removed its service: nothing to hand it
+        // to. Its next segment reaches the kernel, which resets it.
+        let Some(route) = p.route(flow.service) else {
+            tracing::debug!(client = %flow.client, service = %flow.service, "handoff for a removed service");
+            p.stats.handoff_failed("no_service");
+            return;
         };
         let client = match materialize(&flow, self.wscale, &self.sender) {
             Ok(s) => s,
@@ -357,19 +488,63 @@ impl Flows {
         if self.server_first.contains(&flow.service) {
             self.retransmit.forget(flow.client, flow.service);
         }
-        p.open(client, flow.client, flow.service);
+        p.open(client, flow.client, flow.service, route);
     }
 }
 
-/// `--xdp-mode off`: a kernel listener per service.
+/// `--xdp-mode off`: a kernel listener per protected ADDR:PORT.
+#[derive(Default)]
+struct Listeners {
+    tasks: JoinSet<()>,
+    running: HashMap<SocketAddr, AbortHandle>,
+}
+
+impl Listeners {
+    /// Listens on `plan`'s addresses: new ones are bound first (if one
+    /// fails, nothing changes), then removed ones close.
+    async fn apply(&mut self, plan: &Plan, p: &Arc<Proxy>) -> Result<()> {
+        let wanted: Vec<SocketAddr> = plan.protected().into_iter().map(|(a, _)| a).collect();
+        let mut bound = Vec::new();
+        for &addr in wanted.iter().filter(|a| !self.running.contains_key(a)) {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?;
+            bound.push((addr, l));
+        }
+        self.running.retain(|addr, h| {
+            let keep = wanted.contains(addr);
+            if !keep {
+                h.abort();
+            }
+            keep
+        });
+        for (addr, l) in bound {
+            let h = self.tasks.spawn(accept_loop(l, addr, p.clone()));
+            self.running.insert(addr, h);
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) {
+        self.tasks.abort_all();
+        self.running.clear();
+    }
+}
+
 async fn accept_loop(l: tokio::net::TcpListener, addr: SocketAddr, p: Arc<Proxy>) {
     loop {
         match l.accept().await {
             Ok((s, peer)) => match s.into_std() {
-                Ok(s) => {
-                    p.stats.handoff(None);
-                    p.open(s, peer, addr);
-                }
+                Ok(s) => match p.route(addr) {
+                    Some(route) => {
+                        p.stats.handoff(None);
+                        p.open(s, peer, addr, route);
+                    }
+                    None => {
+                        p.stats.handoff_failed("no_service");
+                        reset(s);
+                    }
+                },
                 Err(e) => {
                     tracing::debug!(client = %peer, error = %e, "accepted socket unusable");
                     p.stats.handoff_failed("accept");
@@ -385,52 +560,141 @@ async fn accept_loop(l: tokio::net::TcpListener, addr: SocketAddr, p: Arc<Proxy>
     }
 }
 
-/// The proxy: backends, the relay, its limits and statistics.
-struct Proxy {
+/// What a new flow to one service follows: its backends, PROXY protocol,
+/// limits and counters. Replaced as a whole by a reload; a running relay
+/// keeps the one it started with.
+struct Route {
     backends: Backends,
-    relay: Box<dyn Relay>,
-    stats: Stats,
-    slots: Arc<Semaphore>,
     proxy_protocol: proxyproto::Mode,
     idle_timeout: Duration,
+    max_connections: Option<usize>,
+    stats: Arc<ServiceStats>,
+}
+
+/// The services by protected ADDR:PORT, and by name.
+#[derive(Default)]
+struct Table {
+    by_listen: HashMap<SocketAddr, Arc<Route>>,
+    by_name: HashMap<String, Arc<Route>>,
+}
+
+/// The proxy: the service table, the relay, the instance's limit and
+/// statistics.
+struct Proxy {
+    table: RwLock<Arc<Table>>,
+    /// Every service's counters by name, also of services a reload
+    /// removed (their relays may still run).
+    services: Mutex<HashMap<String, Arc<ServiceStats>>>,
+    relay: Box<dyn Relay>,
+    stats: Stats,
+    active: AtomicUsize,
+    limit: AtomicUsize,
 }
 
 impl Proxy {
     fn new(plan: &Plan) -> Arc<Self> {
-        Arc::new(Proxy {
-            backends: Backends::new(
-                plan.backends.clone(),
-                plan.connect_timeout,
-                plan.backend_backoff,
-            ),
+        let p = Arc::new(Proxy {
+            table: RwLock::default(),
+            services: Mutex::default(),
             relay: Box::new(TokioRelay),
             stats: Stats::new(),
-            slots: Arc::new(Semaphore::new(plan.max_connections)),
-            proxy_protocol: plan.proxy_protocol,
-            idle_timeout: plan.idle_timeout,
-        })
+            active: AtomicUsize::new(0),
+            limit: AtomicUsize::new(plan.max_connections),
+        });
+        p.configure(plan);
+        p
+    }
+
+    /// Builds the service table for `plan` and swaps it in; backends that
+    /// stay keep their health.
+    fn configure(&self, plan: &Plan) {
+        let old = self.table.read().unwrap().clone();
+        let mut table = Table::default();
+        let mut registry = self.services.lock().unwrap();
+        for s in &plan.services {
+            let stats = registry
+                .entry(s.name.clone())
+                .or_insert_with(|| Arc::new(ServiceStats::new(&s.name)))
+                .clone();
+            let route = Arc::new(Route {
+                backends: Backends::new(
+                    &s.name,
+                    &s.backends,
+                    s.connect_timeout,
+                    s.backend_backoff,
+                    old.by_name.get(&s.name).map(|r| &r.backends),
+                ),
+                proxy_protocol: s.proxy_protocol,
+                idle_timeout: s.idle_timeout,
+                max_connections: s.max_connections,
+                stats,
+            });
+            for l in &s.listen {
+                table.by_listen.insert(*l, route.clone());
+            }
+            table.by_name.insert(s.name.clone(), route);
+        }
+        self.limit.store(plan.max_connections, Relaxed);
+        *self.table.write().unwrap() = Arc::new(table);
+    }
+
+    fn route(&self, service: SocketAddr) -> Option<Arc<Route>> {
+        self.table.read().unwrap().by_listen.get(&service).cloned()
+    }
+
+    fn backend_count(&self) -> usize {
+        let t = self.table.read().unwrap().clone();
+        t.by_name.values().map(|r| r.backends.len()).sum()
+    }
+
+    fn refresh_health(&self) {
+        let t = self.table.read().unwrap().clone();
+        for r in t.by_name.values() {
+            r.backends.refresh_health();
+        }
+    }
+
+    fn line(&self) -> String {
+        let all: Vec<_> = self.services.lock().unwrap().values().cloned().collect();
+        self.stats.line(&all)
     }
 
     /// A client connection (materialized, or accepted): connect a backend
     /// and relay on a task, or reset the client at once.
-    fn open(self: &Arc<Self>, client: std::net::TcpStream, peer: SocketAddr, service: SocketAddr) {
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+    fn open(
+        self: &Arc<Self>,
+        client: std::net::TcpStream,
+        peer: SocketAddr,
+        service: SocketAddr,
+        route: Arc<Route>,
+    ) {
+        if self.active.fetch_add(1, Relaxed) >= self.limit.load(Relaxed) {
+            self.active.fetch_sub(1, Relaxed);
             tracing::debug!(client = %peer, %service, "reset: connection limit");
-            self.stats.reset(ResetReason::Limit);
+            route.stats.reset(ResetReason::Limit);
             reset(client);
             return;
-        };
-        self.stats.opened();
+        }
+        if route
+            .max_connections
+            .is_some_and(|m| route.stats.active.load(Relaxed) as usize >= m)
+        {
+            self.active.fetch_sub(1, Relaxed);
+            tracing::debug!(client = %peer, %service, "reset: service connection limit");
+            route.stats.reset(ResetReason::ServiceLimit);
+            reset(client);
+            return;
+        }
+        route.stats.opened();
         let start = Instant::now();
         let p = self.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let mut moved = Moved::default();
-            match p.backends.connect().await {
+            match route.backends.connect().await {
                 Ok((mut backend, addr)) => {
-                    let header = proxyproto::header(p.proxy_protocol, peer, service);
+                    let header = proxyproto::header(route.proxy_protocol, peer, service);
                     if header.is_empty() || backend.write_all(&header).await.is_ok() {
-                        let o = p.relay.relay(client, backend, p.idle_timeout).await;
+                        let o = p.relay.relay(client, backend, route.idle_timeout).await;
                         moved = o.moved;
                         if let Err(e) = o.result {
                             tracing::debug!(client = %peer, backend = %addr, error = %e, "relay failed");
@@ -439,11 +703,12 @@ impl Proxy {
                 }
                 Err(_) => {
                     tracing::debug!(client = %peer, %service, "reset: no backend accepted");
-                    p.stats.reset(ResetReason::NoBackend);
+                    route.stats.reset(ResetReason::NoBackend);
                     reset(client);
                 }
             }
-            p.stats.closed(start.elapsed(), moved);
+            route.stats.closed(start.elapsed(), moved);
+            p.active.fetch_sub(1, Relaxed);
         });
     }
 
@@ -451,10 +716,10 @@ impl Proxy {
     async fn drain(&self, signame: &str, grace: Duration) {
         tracing::info!(
             "{signame}, draining {} connections (grace {grace:?})",
-            self.stats.active.load(Relaxed),
+            self.active.load(Relaxed),
         );
         let deadline = tokio::time::Instant::now() + grace;
-        while self.stats.active.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        while self.active.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

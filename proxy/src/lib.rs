@@ -2,6 +2,7 @@
 //! materialized as kernel sockets and proxied to backends.
 //!
 //! * [`config`]: flags and the TOML file, validated once into a [`config::Plan`].
+//! * [`control`]: `ackgate check` and `ackgate reload`.
 //! * [`engine`]: the one loop that runs every mode.
 //! * [`xdp`]: the embedded XDP program, its maps, keys, counters and ring.
 //! * [`handoff`]: a verified flow becomes an established socket.
@@ -10,6 +11,7 @@
 //! * [`sys`]: clocks, interfaces, sysctls, socket options, raw sockets.
 
 pub mod config;
+pub mod control;
 pub mod engine;
 pub mod handoff;
 pub mod relay;

@@ -2,6 +2,7 @@
 
 use ackgate::{
     config::{Plan, RunArgs},
+    control,
     telemetry::{logging, metrics, stats},
 };
 use anyhow::Result;
@@ -32,14 +33,14 @@ enum Cmd {
     /// touching a running instance, as `nginx -t` and `haproxy -c` do.
     /// Exits 0 and says what the file describes, or 1 with the error. The
     /// interface and the secret file are checked when `run` starts.
-    Check(CheckArgs),
-}
-
-#[derive(clap::Args)]
-struct CheckArgs {
-    /// The TOML file to check.
-    #[arg(long, value_name = "FILE")]
-    config: std::path::PathBuf,
+    Check(control::CheckArgs),
+    /// Apply a changed config file to a running instance without dropping
+    /// a connection: sends it SIGHUP (as `systemctl reload ackgate` does).
+    /// Services, backends, weights, limits and access lists change for new
+    /// flows; interfaces, the XDP mode, the secret, the epoch, the MSS and
+    /// the metrics address need a restart or an upgrade. An invalid file is
+    /// refused and the running configuration stays.
+    Reload(control::ReloadArgs),
 }
 
 fn main() {
@@ -47,32 +48,13 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Run(a) => run(a),
         Cmd::Stats(a) => stats::run(&a),
-        Cmd::Check(a) => check(&a),
+        Cmd::Check(a) => control::check(&a),
+        Cmd::Reload(a) => control::reload(&a),
     };
     if let Err(e) = r {
         eprintln!("ackgate: {e:#}");
         std::process::exit(1);
     }
-}
-
-fn check(a: &CheckArgs) -> Result<()> {
-    let plan = Plan::from_args(&RunArgs {
-        config: Some(a.config.clone()),
-        ..Default::default()
-    })?;
-    let mode = plan.mode.map_or("off", |m| m.name());
-    let what = if plan.syn_only {
-        "SYN-only".to_string()
-    } else {
-        format!("{} backends", plan.backends.len())
-    };
-    println!(
-        "{}: ok: {} protected services on {} ({mode} XDP), {what}",
-        a.config.display(),
-        plan.listen.len(),
-        plan.iface
-    );
-    Ok(())
 }
 
 fn run(a: RunArgs) -> Result<()> {
@@ -83,5 +65,5 @@ fn run(a: RunArgs) -> Result<()> {
         metrics::install(addr, &metrics::BuildInfo::new(mode))?;
         tracing::info!("metrics on http://{addr}/metrics");
     }
-    ackgate::engine::run(plan)
+    ackgate::engine::run(plan, a)
 }

@@ -24,7 +24,8 @@ fn the_example_config_checks_and_bad_files_name_their_error() {
     let (code, out, err) = check(&example);
     assert_eq!(code, Some(0), "{err}");
     assert!(
-        out.contains("ok: 2 protected services on eth0 (native XDP), 2 backends"),
+        out.contains("ok: 1 services, 2 protected ADDR:PORTs on eth0 (native XDP)")
+            && out.contains("service default: 203.0.113.10:443, [2001:db8::10]:443 -> 10.0.0.11:443, 10.0.0.12:443"),
         "{out}"
     );
 

@@ -1,25 +1,47 @@
-//! Backend selection: round-robin over the configured backends, skipping
-//! those marked down; a backend that refuses or times out is marked down for
-//! a back-off period and the next one is tried.
+//! Backend selection: smooth weighted round-robin over a service's
+//! backends, skipping those marked down; a backend that refuses or times
+//! out is marked down for a back-off period and the next one is tried.
+//! A backend's health and series outlive a reload that keeps it.
 
 use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Mutex,
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
 
 use tokio::net::TcpStream;
 
-use crate::telemetry::metrics::BackendMetrics;
+use crate::{config::Backend, telemetry::metrics::BackendMetrics};
+
+/// One backend's health and series.
+pub struct BackendState {
+    pub addr: SocketAddr,
+    metrics: BackendMetrics,
+    down_until: Mutex<Option<Instant>>,
+}
+
+impl BackendState {
+    fn new(service: &str, addr: SocketAddr) -> Self {
+        BackendState {
+            addr,
+            metrics: BackendMetrics::new(service, addr),
+            down_until: Mutex::new(None),
+        }
+    }
+
+    fn is_up(&self, now: Instant) -> bool {
+        self.down_until.lock().unwrap().is_none_or(|t| now >= t)
+    }
+}
 
 pub struct Backends {
-    addrs: Vec<SocketAddr>,
-    metrics: Vec<BackendMetrics>,
+    states: Vec<Arc<BackendState>>,
+    /// Indices into `states`, each `weight` times, interleaved.
+    schedule: Vec<usize>,
     next: AtomicUsize,
-    down_until: Mutex<Vec<Option<Instant>>>,
     backoff: Duration,
     connect_timeout: Duration,
 }
@@ -29,13 +51,27 @@ pub struct Backends {
 pub struct NoBackend;
 
 impl Backends {
-    pub fn new(addrs: Vec<SocketAddr>, connect_timeout: Duration, backoff: Duration) -> Self {
-        let n = addrs.len();
+    /// `service`'s backends; the state of any backend `previous` already
+    /// had is carried over.
+    pub fn new(
+        service: &str,
+        list: &[Backend],
+        connect_timeout: Duration,
+        backoff: Duration,
+        previous: Option<&Backends>,
+    ) -> Self {
+        let states = list
+            .iter()
+            .map(|b| {
+                previous
+                    .and_then(|p| p.states.iter().find(|s| s.addr == b.addr).cloned())
+                    .unwrap_or_else(|| Arc::new(BackendState::new(service, b.addr)))
+            })
+            .collect();
         Backends {
-            metrics: addrs.iter().map(|&a| BackendMetrics::new(a)).collect(),
-            addrs,
+            states,
+            schedule: schedule(&list.iter().map(|b| b.weight).collect::<Vec<_>>()),
             next: AtomicUsize::new(0),
-            down_until: Mutex::new(vec![None; n]),
             backoff,
             connect_timeout,
         }
@@ -43,81 +79,124 @@ impl Backends {
 
     /// How many backends there are.
     pub fn len(&self) -> usize {
-        self.addrs.len()
+        self.states.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.addrs.is_empty()
+        self.states.is_empty()
     }
 
-    fn is_up(&self, i: usize, now: Instant) -> bool {
-        self.down_until.lock().unwrap()[i].is_none_or(|t| now >= t)
+    pub fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.states.iter().map(|s| s.addr)
     }
 
-    fn mark_down(&self, i: usize) {
+    fn mark_down(&self, b: &BackendState) {
         let now = Instant::now();
-        let was = self.down_until.lock().unwrap()[i].replace(now + self.backoff);
+        let was = b.down_until.lock().unwrap().replace(now + self.backoff);
         if was.is_none_or(|t| now >= t) {
-            tracing::warn!(backend = %self.addrs[i], backoff = ?self.backoff, "backend down");
+            tracing::warn!(backend = %b.addr, backoff = ?self.backoff, "backend down");
         }
-        self.metrics[i].up.set(0.0);
+        b.metrics.up.set(0.0);
     }
 
-    fn mark_up(&self, i: usize) {
-        if self.down_until.lock().unwrap()[i].take().is_some() {
-            tracing::info!(backend = %self.addrs[i], "backend up");
+    fn mark_up(&self, b: &BackendState) {
+        if b.down_until.lock().unwrap().take().is_some() {
+            tracing::info!(backend = %b.addr, "backend up");
         }
-        self.metrics[i].up.set(1.0);
+        b.metrics.up.set(1.0);
     }
 
     /// Re-publishes `ackgate_backend_up`: a backend whose back-off ran out
     /// is eligible again.
     pub fn refresh_health(&self) {
         let now = Instant::now();
-        for i in 0..self.addrs.len() {
-            self.metrics[i]
-                .up
-                .set(if self.is_up(i, now) { 1.0 } else { 0.0 });
+        for b in &self.states {
+            b.metrics.up.set(if b.is_up(now) { 1.0 } else { 0.0 });
+        }
+    }
+
+    /// The order to try backends in for one connection: the schedule's
+    /// next pick, then the others; healthy ones first, and all of them if
+    /// none is healthy.
+    fn order(&self) -> Vec<usize> {
+        let n = self.states.len();
+        let first = self.schedule[self.next.fetch_add(1, Ordering::Relaxed) % self.schedule.len()];
+        let now = Instant::now();
+        let all: Vec<usize> = (0..n).map(|k| (first + k) % n).collect();
+        let healthy: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|&i| self.states[i].is_up(now))
+            .collect();
+        if healthy.is_empty() {
+            all
+        } else {
+            healthy
         }
     }
 
     /// Connects to the next healthy backend, trying each at most once.
     /// Returns the stream and the backend's address.
     pub async fn connect(&self) -> Result<(TcpStream, SocketAddr), NoBackend> {
-        let n = self.addrs.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
-        // Healthy backends first; if all are down, try them anyway.
-        let order: Vec<usize> = (0..n).map(|k| (start + k) % n).collect();
-        let healthy: Vec<usize> = order
-            .iter()
-            .copied()
-            .filter(|&i| self.is_up(i, now))
-            .collect();
-        let candidates = if healthy.is_empty() { order } else { healthy };
-        for i in candidates {
-            let addr = self.addrs[i];
-            let m = &self.metrics[i];
+        for i in self.order() {
+            let b = &self.states[i];
+            let m = &b.metrics;
             let t = Instant::now();
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(b.addr)).await {
                 Ok(Ok(s)) => {
                     m.connects.increment(1);
                     m.latency.record(t.elapsed().as_secs_f64());
-                    self.mark_up(i);
-                    return Ok((s, addr));
+                    self.mark_up(b);
+                    return Ok((s, b.addr));
                 }
                 Ok(Err(e)) => {
-                    tracing::debug!(backend = %addr, error = %e, "backend connect failed");
+                    tracing::debug!(backend = %b.addr, error = %e, "backend connect failed");
                     m.failed(Some(&e));
-                    self.mark_down(i);
+                    self.mark_down(b);
                 }
                 Err(_) => {
-                    tracing::debug!(backend = %addr, timeout = ?self.connect_timeout, "backend connect timed out");
+                    tracing::debug!(backend = %b.addr, timeout = ?self.connect_timeout, "backend connect timed out");
                     m.failed(None);
-                    self.mark_down(i);
+                    self.mark_down(b);
                 }
             }
         }
         Err(NoBackend)
+    }
+}
+
+/// Smooth weighted round-robin, unrolled: each index appears `weight`
+/// times, spread out (weights 5,1,1 give a a b a c a a, not a a a a a b c).
+fn schedule(weights: &[u32]) -> Vec<usize> {
+    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (c, &w) in current.iter_mut().zip(weights) {
+            *c += i64::from(w);
+        }
+        let (best, _) = current
+            .iter()
+            .enumerate()
+            .max_by_key(|&(i, c)| (*c, std::cmp::Reverse(i)))
+            .expect("at least one backend");
+        current[best] -= total;
+        out.push(best);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::schedule;
+
+    #[test]
+    fn weights_are_honoured_and_spread() {
+        let s = schedule(&[5, 1, 1]);
+        assert_eq!(s, [0, 0, 1, 0, 2, 0, 0]);
+        let s = schedule(&[1, 3]);
+        assert_eq!(s.iter().filter(|&&i| i == 1).count(), 3);
+        assert_eq!(s.len(), 4);
+        assert_eq!(schedule(&[1, 1, 1]), [0, 1, 2]);
     }
 }

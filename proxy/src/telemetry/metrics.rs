@@ -8,7 +8,6 @@
 //! a dashboard sees `0`, not "no data", before the first attack.
 
 use std::{
-    fmt,
     net::SocketAddr,
     sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::Duration,
@@ -49,6 +48,8 @@ pub const CONNECTION_DURATION: &str = "ackgate_connection_duration_seconds";
 pub const RELAYED_BYTES: &str = "ackgate_relayed_bytes_total";
 pub const BUILD_INFO: &str = "ackgate_build_info";
 pub const SYNACK_RETRANSMITS: &str = "ackgate_synack_retransmits_total";
+pub const CONFIG_RELOADS: &str = "ackgate_config_reloads_total";
+pub const CONFIG_LAST_RELOAD_OK: &str = "ackgate_config_last_reload_successful";
 
 /// Handoff and backend connect latency: 25 us to 10 s.
 const LATENCY_BUCKETS: [f64; 18] = [
@@ -119,25 +120,34 @@ pub const XDP_SERIES: [(Xdp, &str, Label); 15] = [
 ];
 
 /// Handoff failure reasons (see `HandoffError::reason`; `accept` is a failed
-/// accept in `--xdp-mode off`).
-pub const HANDOFF_ERROR_REASONS: [&str; 4] = ["bad_event", "duplicate", "socket", "accept"];
+/// accept in `--xdp-mode off`; `no_service` a flow whose service a reload
+/// removed while its ACK was in the ring).
+pub const HANDOFF_ERROR_REASONS: [&str; 5] =
+    ["bad_event", "duplicate", "socket", "accept", "no_service"];
 
 /// Why a client got a RST from the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResetReason {
     /// No backend accepted within the connect timeout.
     NoBackend,
-    /// `max_connections` reached.
+    /// The instance's `max_connections` reached.
     Limit,
+    /// The service's own `max_connections` reached.
+    ServiceLimit,
 }
 
 impl ResetReason {
-    pub const ALL: [ResetReason; 2] = [ResetReason::NoBackend, ResetReason::Limit];
+    pub const ALL: [ResetReason; 3] = [
+        ResetReason::NoBackend,
+        ResetReason::Limit,
+        ResetReason::ServiceLimit,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             ResetReason::NoBackend => "no_backend",
             ResetReason::Limit => "limit",
+            ResetReason::ServiceLimit => "service_limit",
         }
     }
 }
@@ -230,7 +240,7 @@ fn describe() {
     );
     describe_counter!(
         BACKEND_CONNECTS,
-        "Successful backend connects, per backend."
+        "Successful backend connects, per service and backend."
     );
     describe_counter!(
         BACKEND_CONNECT_ERRORS,
@@ -245,12 +255,26 @@ fn describe() {
         BACKEND_UP,
         "1 if the backend takes connections, 0 while it is in back-off after a failure."
     );
-    describe_counter!(RESETS, "Clients reset by the proxy, by reason.");
+    describe_counter!(
+        RESETS,
+        "Clients reset by the proxy, per service and reason."
+    );
     describe_counter!(
         SYNACK_RETRANSMITS,
         "SYN-ACKs of server-first services sent again because no ACK came, by result (sent, over_budget, failed)."
     );
-    describe_gauge!(CONNECTIONS_ACTIVE, "Connections being proxied now.");
+    describe_gauge!(
+        CONNECTIONS_ACTIVE,
+        "Connections being proxied now, per service."
+    );
+    describe_counter!(
+        CONFIG_RELOADS,
+        "Configuration reloads (SIGHUP), by result: ok, or failed (the running configuration stayed)."
+    );
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_OK,
+        "1 if the last reload was applied (or none was asked for), 0 if it was refused."
+    );
     describe_histogram!(
         CONNECTION_DURATION,
         Unit::Seconds,
@@ -295,29 +319,19 @@ impl XdpMetrics {
     }
 }
 
-/// Userspace counters: atomics for the `counters:` log line, and the
-/// Prometheus series.
+/// The instance's userspace counters (handoffs come before a flow has a
+/// service): atomics for the `counters:` log line, and Prometheus series.
 pub struct Stats {
     pub handoffs: AtomicU64,
     pub handoff_errors: AtomicU64,
-    pub backend_errors: AtomicU64,
-    pub resets_no_backend: AtomicU64,
-    pub resets_limit: AtomicU64,
-    pub active: AtomicU64,
-    pub closed: AtomicU64,
-    pub bytes_to_backend: AtomicU64,
-    pub bytes_to_client: AtomicU64,
     m_handoffs: Counter,
     m_handoff_errors: Vec<(&'static str, Counter)>,
     m_handoff_latency: Histogram,
-    m_resets: [Counter; 2],
-    m_active: Gauge,
-    m_duration: Histogram,
-    m_to_backend: Counter,
-    m_to_client: Counter,
     pub synack_retransmits: AtomicU64,
     /// sent, over_budget, failed.
     m_retransmits: [Counter; 3],
+    m_reloads: [Counter; 2],
+    m_reload_ok: Gauge,
 }
 
 impl Default for Stats {
@@ -326,38 +340,29 @@ impl Default for Stats {
     }
 }
 
+fn zero(c: Counter) -> Counter {
+    c.absolute(0);
+    c
+}
+
 impl Stats {
     pub fn new() -> Self {
-        let zero = |c: Counter| {
-            c.absolute(0);
-            c
-        };
-        let m_active = gauge!(CONNECTIONS_ACTIVE);
-        m_active.set(0.0);
+        let m_reload_ok = gauge!(CONFIG_LAST_RELOAD_OK);
+        m_reload_ok.set(1.0);
         Stats {
             handoffs: AtomicU64::new(0),
             handoff_errors: AtomicU64::new(0),
-            backend_errors: AtomicU64::new(0),
-            resets_no_backend: AtomicU64::new(0),
-            resets_limit: AtomicU64::new(0),
-            active: AtomicU64::new(0),
-            closed: AtomicU64::new(0),
-            bytes_to_backend: AtomicU64::new(0),
-            bytes_to_client: AtomicU64::new(0),
             m_handoffs: zero(counter!(HANDOFFS)),
             m_handoff_errors: HANDOFF_ERROR_REASONS
                 .iter()
                 .map(|&r| (r, zero(counter!(HANDOFF_ERRORS, "reason" => r))))
                 .collect(),
             m_handoff_latency: histogram!(HANDOFF_LATENCY),
-            m_resets: ResetReason::ALL.map(|r| zero(counter!(RESETS, "reason" => r.label()))),
-            m_active,
-            m_duration: histogram!(CONNECTION_DURATION),
-            m_to_backend: zero(counter!(RELAYED_BYTES, "direction" => "to_backend")),
-            m_to_client: zero(counter!(RELAYED_BYTES, "direction" => "to_client")),
             synack_retransmits: AtomicU64::new(0),
             m_retransmits: ["sent", "over_budget", "failed"]
                 .map(|r| zero(counter!(SYNACK_RETRANSMITS, "result" => r))),
+            m_reloads: ["ok", "failed"].map(|r| zero(counter!(CONFIG_RELOADS, "result" => r))),
+            m_reload_ok,
         }
     }
 
@@ -390,14 +395,74 @@ impl Stats {
         }
     }
 
-    pub fn reset(&self, why: ResetReason) {
-        match why {
-            ResetReason::NoBackend => {
-                self.backend_errors.fetch_add(1, Relaxed);
-                self.resets_no_backend.fetch_add(1, Relaxed)
-            }
-            ResetReason::Limit => self.resets_limit.fetch_add(1, Relaxed),
+    /// A configuration reload was applied (`ok`) or refused.
+    pub fn reloaded(&self, ok: bool) {
+        self.m_reloads[usize::from(!ok)].increment(1);
+        self.m_reload_ok.set(if ok { 1.0 } else { 0.0 });
+    }
+
+    /// The `counters:` line: these and every service's, summed.
+    pub fn line(&self, services: &[std::sync::Arc<ServiceStats>]) -> String {
+        let sum = |f: fn(&ServiceStats) -> &AtomicU64| {
+            services.iter().map(|s| f(s).load(Relaxed)).sum::<u64>()
         };
+        let no_backend = sum(|s| &s.resets[0]);
+        format!(
+            "handoffs={} handoff_errors={} backend_errors={no_backend} resets_no_backend={no_backend} resets_limit={} active={} closed={} bytes_to_backend={} bytes_to_client={} synack_retransmits={}",
+            self.handoffs.load(Relaxed),
+            self.handoff_errors.load(Relaxed),
+            sum(|s| &s.resets[1]) + sum(|s| &s.resets[2]),
+            sum(|s| &s.active),
+            sum(|s| &s.closed),
+            sum(|s| &s.bytes_to_backend),
+            sum(|s| &s.bytes_to_client),
+            self.synack_retransmits.load(Relaxed),
+        )
+    }
+}
+
+/// One service's counters and series (label `service`). Kept by name
+/// across reloads, so its counters never go back.
+pub struct ServiceStats {
+    pub name: String,
+    pub active: AtomicU64,
+    pub closed: AtomicU64,
+    /// By `ResetReason` index.
+    pub resets: [AtomicU64; 3],
+    pub bytes_to_backend: AtomicU64,
+    pub bytes_to_client: AtomicU64,
+    m_resets: [Counter; 3],
+    m_active: Gauge,
+    m_duration: Histogram,
+    m_to_backend: Counter,
+    m_to_client: Counter,
+}
+
+impl ServiceStats {
+    pub fn new(name: &str) -> Self {
+        let s = name.to_string();
+        let m_active = gauge!(CONNECTIONS_ACTIVE, "service" => s.clone());
+        m_active.set(0.0);
+        ServiceStats {
+            name: s.clone(),
+            active: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            resets: Default::default(),
+            bytes_to_backend: AtomicU64::new(0),
+            bytes_to_client: AtomicU64::new(0),
+            m_resets: ResetReason::ALL
+                .map(|r| zero(counter!(RESETS, "service" => s.clone(), "reason" => r.label()))),
+            m_active,
+            m_duration: histogram!(CONNECTION_DURATION, "service" => s.clone()),
+            m_to_backend: zero(
+                counter!(RELAYED_BYTES, "service" => s.clone(), "direction" => "to_backend"),
+            ),
+            m_to_client: zero(counter!(RELAYED_BYTES, "service" => s, "direction" => "to_client")),
+        }
+    }
+
+    pub fn reset(&self, why: ResetReason) {
+        self.resets[why as usize].fetch_add(1, Relaxed);
         self.m_resets[why as usize].increment(1);
     }
 
@@ -418,25 +483,6 @@ impl Stats {
     }
 }
 
-impl fmt::Display for Stats {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "handoffs={} handoff_errors={} backend_errors={} resets_no_backend={} resets_limit={} active={} closed={} bytes_to_backend={} bytes_to_client={} synack_retransmits={}",
-            self.handoffs.load(Relaxed),
-            self.handoff_errors.load(Relaxed),
-            self.backend_errors.load(Relaxed),
-            self.resets_no_backend.load(Relaxed),
-            self.resets_limit.load(Relaxed),
-            self.active.load(Relaxed),
-            self.closed.load(Relaxed),
-            self.bytes_to_backend.load(Relaxed),
-            self.bytes_to_client.load(Relaxed),
-            self.synack_retransmits.load(Relaxed),
-        )
-    }
-}
-
 /// One backend's series.
 pub struct BackendMetrics {
     pub connects: Counter,
@@ -446,21 +492,20 @@ pub struct BackendMetrics {
 }
 
 impl BackendMetrics {
-    pub fn new(addr: SocketAddr) -> Self {
-        let b = addr.to_string();
-        let connects = counter!(BACKEND_CONNECTS, "backend" => b.clone());
-        connects.absolute(0);
+    pub fn new(service: &str, addr: SocketAddr) -> Self {
+        let (s, b) = (service.to_string(), addr.to_string());
+        let connects =
+            zero(counter!(BACKEND_CONNECTS, "service" => s.clone(), "backend" => b.clone()));
         let errors = BACKEND_ERROR_REASONS.map(|r| {
-            let c = counter!(BACKEND_CONNECT_ERRORS, "backend" => b.clone(), "reason" => r);
-            c.absolute(0);
-            c
+            zero(counter!(BACKEND_CONNECT_ERRORS,
+                "service" => s.clone(), "backend" => b.clone(), "reason" => r))
         });
-        let up = gauge!(BACKEND_UP, "backend" => b.clone());
+        let up = gauge!(BACKEND_UP, "service" => s.clone(), "backend" => b.clone());
         up.set(1.0);
         BackendMetrics {
             connects,
             errors,
-            latency: histogram!(BACKEND_CONNECT_LATENCY, "backend" => b),
+            latency: histogram!(BACKEND_CONNECT_LATENCY, "service" => s, "backend" => b),
             up,
         }
     }
