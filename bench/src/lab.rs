@@ -126,8 +126,6 @@ pub fn start(lab: &BenchLab, target: Target) -> Result<Running> {
             &lab.backend().to_string(),
             "--stats-interval",
             "0",
-            "--max-connections",
-            "100000",
             "--metrics",
             METRICS,
         ]);
@@ -152,8 +150,6 @@ pub fn start(lab: &BenchLab, target: Target) -> Result<Running> {
                 &lab.backend().to_string(),
                 "--stats-interval",
                 "0",
-                "--max-connections",
-                "100000",
                 "--metrics",
                 METRICS,
             ]);

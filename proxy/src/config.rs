@@ -42,6 +42,24 @@ pub const IDLE_TIMEOUT_SECS: u64 = 300;
 pub const IDLE_TIMEOUT_SECS_RANGE: RangeInclusive<u64> = 1..=604_800;
 pub const GRACE_SECS: u64 = 10;
 pub const GRACE_SECS_RANGE: RangeInclusive<u64> = 0..=86_400;
+/// Concurrent connections one source (address, or IPv6 prefix) may hold
+/// per service: one host cannot take every slot.
+pub const PER_SOURCE_MAX: u64 = 1_000;
+pub const PER_SOURCE_MAX_RANGE: RangeInclusive<u64> = 1..=1_000_000;
+/// New connections per second one source may open per service (0: no
+/// limit, the default: NATs put many users behind one address).
+pub const PER_SOURCE_RATE: u64 = 0;
+pub const PER_SOURCE_RATE_RANGE: RangeInclusive<u64> = 0..=1_000_000;
+/// How long a verified client of a client-first service may stay silent
+/// before it is reset; its backend is only connected once it speaks.
+pub const FIRST_BYTE_TIMEOUT_MS: u64 = 10_000;
+pub const FIRST_BYTE_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 1..=3_600_000;
+/// Sources are counted per address (IPv4) and per /64 (IPv6), as one host
+/// typically holds a whole /64.
+pub const SOURCE_PREFIX_V4: u8 = 32;
+pub const SOURCE_PREFIX_V4_RANGE: RangeInclusive<u8> = 8..=32;
+pub const SOURCE_PREFIX_V6: u8 = 64;
+pub const SOURCE_PREFIX_V6_RANGE: RangeInclusive<u8> = 16..=128;
 /// A backend's share of new connections relative to the others'.
 pub const WEIGHT: u32 = 1;
 pub const WEIGHT_RANGE: RangeInclusive<u32> = 1..=1_000;
@@ -126,6 +144,30 @@ pub struct RunArgs {
         IDLE_TIMEOUT_SECS_RANGE.start(), IDLE_TIMEOUT_SECS_RANGE.end()))]
     pub idle_timeout_secs: Option<u64>,
     #[arg(long, help = format!(
+        "Most concurrent connections per source address (IPv6: per --source-prefix-v6) \
+         and service, {}-{}; beyond, clients get a RST [default: {PER_SOURCE_MAX}]",
+        PER_SOURCE_MAX_RANGE.start(), PER_SOURCE_MAX_RANGE.end()))]
+    pub per_source_max: Option<u64>,
+    #[arg(long, help = format!(
+        "Most new connections per second per source and service, {}-{}, 0 for no \
+         limit; beyond, clients get a RST [default: {PER_SOURCE_RATE}]",
+        PER_SOURCE_RATE_RANGE.start(), PER_SOURCE_RATE_RANGE.end()))]
+    pub per_source_rate: Option<u64>,
+    #[arg(long, help = format!(
+        "IPv4 prefix length sources are counted by, {}-{} [default: {SOURCE_PREFIX_V4}]",
+        SOURCE_PREFIX_V4_RANGE.start(), SOURCE_PREFIX_V4_RANGE.end()))]
+    pub source_prefix_v4: Option<u8>,
+    #[arg(long, help = format!(
+        "IPv6 prefix length sources are counted by, {}-{} [default: {SOURCE_PREFIX_V6}]",
+        SOURCE_PREFIX_V6_RANGE.start(), SOURCE_PREFIX_V6_RANGE.end()))]
+    pub source_prefix_v6: Option<u8>,
+    #[arg(long, help = format!(
+        "Reset a verified client that sends nothing for this many milliseconds, {}-{}; \
+         the backend is connected only once the client speaks (not for --server-first \
+         services, whose backend is connected at once) [default: {FIRST_BYTE_TIMEOUT_MS}]",
+        FIRST_BYTE_TIMEOUT_MS_RANGE.start(), FIRST_BYTE_TIMEOUT_MS_RANGE.end()))]
+    pub first_byte_timeout_ms: Option<u64>,
+    #[arg(long, help = format!(
         "On SIGTERM/SIGINT, how long running relays may finish, seconds, {}-{} \
          [default: {GRACE_SECS}]",
         GRACE_SECS_RANGE.start(), GRACE_SECS_RANGE.end()))]
@@ -191,6 +233,11 @@ pub struct Limits {
     pub backend_backoff_secs: Option<u64>,
     pub idle_timeout_secs: Option<u64>,
     pub grace_secs: Option<u64>,
+    pub per_source_max: Option<u64>,
+    pub per_source_rate: Option<u64>,
+    pub source_prefix_v4: Option<u8>,
+    pub source_prefix_v6: Option<u8>,
+    pub first_byte_timeout_ms: Option<u64>,
 }
 
 /// One `[[service]]`.
@@ -215,6 +262,9 @@ pub struct ServiceLimits {
     pub connect_timeout_ms: Option<u64>,
     pub backend_backoff_secs: Option<u64>,
     pub idle_timeout_secs: Option<u64>,
+    pub per_source_max: Option<u64>,
+    pub per_source_rate: Option<u64>,
+    pub first_byte_timeout_ms: Option<u64>,
 }
 
 /// A backend: `"ADDR:PORT"`, or `{ address = "ADDR:PORT", weight = N }`.
@@ -250,7 +300,13 @@ pub struct Plan {
     pub log_level: String,
     /// The whole instance's connection limit.
     pub max_connections: usize,
+    /// Whether `max_connections` was configured; if not, it may be lowered
+    /// to what the file descriptor limit allows.
+    pub max_connections_set: bool,
     pub grace: Duration,
+    /// Prefix lengths sources are counted by.
+    pub source_prefix_v4: u8,
+    pub source_prefix_v6: u8,
 }
 
 /// A service: the ADDR:PORTs it protects and where their flows go.
@@ -267,6 +323,10 @@ pub struct Service {
     pub connect_timeout: Duration,
     pub backend_backoff: Duration,
     pub idle_timeout: Duration,
+    pub per_source_max: u32,
+    /// New connections per second per source; 0: no limit.
+    pub per_source_rate: u32,
+    pub first_byte_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -403,6 +463,9 @@ struct ServiceDefaults {
     connect_timeout_ms: u64,
     backend_backoff_secs: u64,
     idle_timeout_secs: u64,
+    per_source_max: u64,
+    per_source_rate: u64,
+    first_byte_timeout_ms: u64,
 }
 
 impl Plan {
@@ -433,6 +496,18 @@ impl Plan {
                 .idle_timeout_secs
                 .or(l.and_then(|l| l.idle_timeout_secs))
                 .unwrap_or(IDLE_TIMEOUT_SECS),
+            per_source_max: a
+                .per_source_max
+                .or(l.and_then(|l| l.per_source_max))
+                .unwrap_or(PER_SOURCE_MAX),
+            per_source_rate: a
+                .per_source_rate
+                .or(l.and_then(|l| l.per_source_rate))
+                .unwrap_or(PER_SOURCE_RATE),
+            first_byte_timeout_ms: a
+                .first_byte_timeout_ms
+                .or(l.and_then(|l| l.first_byte_timeout_ms))
+                .unwrap_or(FIRST_BYTE_TIMEOUT_MS),
         };
         let services = services(a, f, syn_only, &defaults)?;
         let metrics = match (a.metrics, &f.metrics) {
@@ -461,11 +536,10 @@ impl Plan {
             Some(m) => Some(checked("mss", m, MSS_RANGE)?),
             None => None,
         };
+        let max_set = a.max_connections.or(l.and_then(|l| l.max_connections));
         let max_connections = checked(
             "max_connections",
-            a.max_connections
-                .or(l.and_then(|l| l.max_connections))
-                .unwrap_or(MAX_CONNECTIONS),
+            max_set.unwrap_or(MAX_CONNECTIONS),
             MAX_CONNECTIONS_RANGE,
         )?;
         let grace = checked(
@@ -506,7 +580,22 @@ impl Plan {
             metrics,
             log_level,
             max_connections: max_connections as usize,
+            max_connections_set: max_set.is_some(),
             grace: Duration::from_secs(grace),
+            source_prefix_v4: checked(
+                "source_prefix_v4",
+                a.source_prefix_v4
+                    .or(l.and_then(|l| l.source_prefix_v4))
+                    .unwrap_or(SOURCE_PREFIX_V4),
+                SOURCE_PREFIX_V4_RANGE,
+            )?,
+            source_prefix_v6: checked(
+                "source_prefix_v6",
+                a.source_prefix_v6
+                    .or(l.and_then(|l| l.source_prefix_v6))
+                    .unwrap_or(SOURCE_PREFIX_V6),
+                SOURCE_PREFIX_V6_RANGE,
+            )?,
         })
     }
 
@@ -516,6 +605,25 @@ impl Plan {
             .iter()
             .flat_map(|s| s.listen.iter().map(|l| (*l, s.server_first.contains(l))))
             .collect()
+    }
+
+    /// Fits the connection limit to the file descriptors: raises
+    /// RLIMIT_NOFILE to what a configured `max_connections` needs, or
+    /// fails saying what to set; an unconfigured one is lowered to what
+    /// the limit allows when it cannot be raised.
+    pub fn fit_descriptors(&mut self) -> Result<(), crate::sys::rlimit::NofileError> {
+        if !self.max_connections_set {
+            let fit = crate::sys::rlimit::fitting(self.max_connections);
+            if fit < self.max_connections {
+                tracing::warn!(
+                    "max_connections {fit}: what RLIMIT_NOFILE allows (the default is {}; raise \
+                     LimitNOFILE= or set max_connections)",
+                    self.max_connections
+                );
+                self.max_connections = fit;
+            }
+        }
+        crate::sys::rlimit::ensure_nofile(self.max_connections).map(|_| ())
     }
 
     /// How many backends all services have together.
@@ -738,6 +846,14 @@ fn default_service(
             d.idle_timeout_secs,
             IDLE_TIMEOUT_SECS_RANGE,
         )?),
+        per_source_max: checked("per_source_max", d.per_source_max, PER_SOURCE_MAX_RANGE)? as u32,
+        per_source_rate: checked("per_source_rate", d.per_source_rate, PER_SOURCE_RATE_RANGE)?
+            as u32,
+        first_byte_timeout: Duration::from_millis(checked(
+            "first_byte_timeout_ms",
+            d.first_byte_timeout_ms,
+            FIRST_BYTE_TIMEOUT_MS_RANGE,
+        )?),
     })
 }
 
@@ -813,6 +929,27 @@ fn service_from_file(
             None,
             pick(l.and_then(|l| l.idle_timeout_secs), d.idle_timeout_secs),
             IDLE_TIMEOUT_SECS_RANGE,
+        )?),
+        per_source_max: checked_key(
+            &at.key("limits.per_source_max"),
+            None,
+            pick(l.and_then(|l| l.per_source_max), d.per_source_max),
+            PER_SOURCE_MAX_RANGE,
+        )? as u32,
+        per_source_rate: checked_key(
+            &at.key("limits.per_source_rate"),
+            None,
+            pick(l.and_then(|l| l.per_source_rate), d.per_source_rate),
+            PER_SOURCE_RATE_RANGE,
+        )? as u32,
+        first_byte_timeout: Duration::from_millis(checked_key(
+            &at.key("limits.first_byte_timeout_ms"),
+            None,
+            pick(
+                l.and_then(|l| l.first_byte_timeout_ms),
+                d.first_byte_timeout_ms,
+            ),
+            FIRST_BYTE_TIMEOUT_MS_RANGE,
         )?),
         name,
     })

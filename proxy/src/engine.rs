@@ -32,9 +32,14 @@ use tokio::{
 use crate::{
     config::{Plan, RunArgs},
     handoff::{materialize, retransmit::Retransmitter},
-    relay::{backends::Backends, proxyproto, reset, Moved, Relay, TokioRelay},
+    relay::{
+        backends::Backends,
+        proxyproto, reset,
+        sources::{Refusal, SourceLimits, Sources},
+        Moved, Relay, TokioRelay,
+    },
     sys::{clock, raw::RawSender, sysctl},
-    telemetry::metrics::{ResetReason, ServiceStats, Stats, XdpMetrics, XDP_POLL},
+    telemetry::metrics::{Exporter, ResetReason, ServiceStats, Stats, XdpMetrics, XDP_POLL},
     xdp::{
         ring::{self, Flow},
         secret::{current_epoch, Secret},
@@ -52,18 +57,22 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Runs `plan` until SIGTERM or SIGINT, then drains; SIGHUP re-reads the
 /// configuration `args` name.
-pub fn run(plan: Plan, args: RunArgs) -> Result<()> {
+pub fn run(mut plan: Plan, args: RunArgs, exporter: Option<Exporter>) -> Result<()> {
     if plan.mode.is_some() && !nix::unistd::geteuid().is_root() {
         bail!("must run as root (needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to load and attach XDP)");
     }
+    plan.fit_descriptors()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(plan, args))
+    rt.block_on(serve(plan, args, exporter))
 }
 
-async fn serve(mut plan: Plan, args: RunArgs) -> Result<()> {
+async fn serve(mut plan: Plan, args: RunArgs, exporter: Option<Exporter>) -> Result<()> {
     let mut signals = Signals::new()?;
+    if let Some(e) = exporter {
+        tokio::spawn(e.serve());
+    }
     let proxy = (!plan.syn_only).then(|| Proxy::new(&plan));
     // The handoff's raw sockets come first, so a missing CAP_NET_RAW fails
     // before any traffic is taken.
@@ -128,7 +137,7 @@ async fn serve(mut plan: Plan, args: RunArgs) -> Result<()> {
                         g.publish();
                     }
                     if let Some(p) = &proxy {
-                        p.refresh_health();
+                        p.refresh();
                     }
                 }
                 if plan.stats_interval.is_some_and(|every| last_stats.elapsed() >= every) {
@@ -189,8 +198,9 @@ async fn reload(
     proxy: &Option<Arc<Proxy>>,
     listeners: &mut Listeners,
 ) -> Result<()> {
-    let new = Plan::from_args(args)?;
+    let mut new = Plan::from_args(args)?;
     plan.reloadable_as(&new)?;
+    new.fit_descriptors()?;
     if let (None, Some(p)) = (&gate, proxy) {
         listeners.apply(&new, p).await?;
     }
@@ -430,6 +440,73 @@ async fn readable(
     }
 }
 
+/// One connection: for a client-first service, wait for the client's first
+/// byte (or reset it when the timeout passes) before a backend is
+/// connected, so a bare handshake never costs a backend connection; then
+/// the backend, the PROXY header, and the relay.
+async fn serve_one(
+    p: &Proxy,
+    client: std::net::TcpStream,
+    peer: SocketAddr,
+    service: SocketAddr,
+    route: &Route,
+) -> Moved {
+    let reset_why = |why: ResetReason, s: tokio::net::TcpStream| {
+        tracing::debug!(client = %peer, %service, reason = why.label(), "reset");
+        route.stats.reset(why);
+        reset(s);
+    };
+    let client = match client
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpStream::from_std(client))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(client = %peer, error = %e, "client socket unusable");
+            return Moved::default();
+        }
+    };
+    if !route.server_first.contains(&service) {
+        // A silent client is also an idle one.
+        let wait = route.first_byte_timeout.min(route.idle_timeout);
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(wait, client.peek(&mut b)).await {
+            Err(_) => {
+                reset_why(ResetReason::FirstByteTimeout, client);
+                return Moved::default();
+            }
+            // Closed (or failed) before a byte: nothing to relay.
+            Ok(Ok(0)) | Ok(Err(_)) => return Moved::default(),
+            Ok(Ok(_)) => {}
+        }
+    }
+    let Ok((mut backend, addr)) = route.backends.connect().await else {
+        reset_why(ResetReason::NoBackend, client);
+        return Moved::default();
+    };
+    let header = proxyproto::header(route.proxy_protocol, peer, service);
+    if !header.is_empty() {
+        if let Err(e) = backend.write_all(&header).await {
+            tracing::debug!(client = %peer, backend = %addr, error = %e, "PROXY header write failed");
+            reset(backend);
+            reset_why(ResetReason::ProxyHeader, client);
+            return Moved::default();
+        }
+    }
+    let o = p.relay.relay(client, backend, route.idle_timeout).await;
+    match o.result {
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            tracing::debug!(client = %peer, backend = %addr, "idle timeout");
+        }
+        Err(e) => {
+            tracing::debug!(client = %peer, backend = %addr, error = %e, "relay failed");
+            route.stats.reset(ResetReason::RelayError);
+        }
+        Ok(()) => {}
+    }
+    o.moved
+}
+
 /// Verified flows: materialized here, then handed to the proxy.
 struct Flows {
     sender: RawSender,
@@ -568,6 +645,12 @@ struct Route {
     proxy_protocol: proxyproto::Mode,
     idle_timeout: Duration,
     max_connections: Option<usize>,
+    first_byte_timeout: Duration,
+    /// Listen addresses whose server speaks first: their backend is
+    /// connected at once, not on the client's first byte.
+    server_first: Vec<SocketAddr>,
+    source_limits: SourceLimits,
+    sources: Arc<Sources>,
     stats: Arc<ServiceStats>,
 }
 
@@ -578,17 +661,29 @@ struct Table {
     by_name: HashMap<String, Arc<Route>>,
 }
 
+/// What a service keeps across reloads: its counters and its sources.
+type Kept = (Arc<ServiceStats>, Arc<Sources>);
+
 /// The proxy: the service table, the relay, the instance's limit and
 /// statistics.
 struct Proxy {
     table: RwLock<Arc<Table>>,
-    /// Every service's counters by name, also of services a reload
-    /// removed (their relays may still run).
-    services: Mutex<HashMap<String, Arc<ServiceStats>>>,
+    /// Every service's counters and sources by name, also of services a
+    /// reload removed (their relays may still run).
+    services: Mutex<HashMap<String, Kept>>,
     relay: Box<dyn Relay>,
     stats: Stats,
     active: AtomicUsize,
     limit: AtomicUsize,
+}
+
+/// A connection's share of the instance's limit, given back on drop.
+struct Slot(Arc<Proxy>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Proxy {
@@ -612,9 +707,9 @@ impl Proxy {
         let mut table = Table::default();
         let mut registry = self.services.lock().unwrap();
         for s in &plan.services {
-            let stats = registry
+            let (stats, sources) = registry
                 .entry(s.name.clone())
-                .or_insert_with(|| Arc::new(ServiceStats::new(&s.name)))
+                .or_insert_with(|| (Arc::new(ServiceStats::new(&s.name)), Arc::default()))
                 .clone();
             let route = Arc::new(Route {
                 backends: Backends::new(
@@ -627,6 +722,15 @@ impl Proxy {
                 proxy_protocol: s.proxy_protocol,
                 idle_timeout: s.idle_timeout,
                 max_connections: s.max_connections,
+                first_byte_timeout: s.first_byte_timeout,
+                server_first: s.server_first.clone(),
+                source_limits: SourceLimits {
+                    max: s.per_source_max,
+                    rate: s.per_source_rate,
+                    prefix_v4: plan.source_prefix_v4,
+                    prefix_v6: plan.source_prefix_v6,
+                },
+                sources,
                 stats,
             });
             for l in &s.listen {
@@ -647,20 +751,31 @@ impl Proxy {
         t.by_name.values().map(|r| r.backends.len()).sum()
     }
 
-    fn refresh_health(&self) {
+    /// Once per poll: backend health, and sources with nothing open.
+    fn refresh(&self) {
         let t = self.table.read().unwrap().clone();
         for r in t.by_name.values() {
             r.backends.refresh_health();
         }
+        let now = Instant::now();
+        for (_, sources) in self.services.lock().unwrap().values() {
+            sources.sweep(now);
+        }
     }
 
     fn line(&self) -> String {
-        let all: Vec<_> = self.services.lock().unwrap().values().cloned().collect();
+        let all: Vec<_> = self
+            .services
+            .lock()
+            .unwrap()
+            .values()
+            .map(|(s, _)| s.clone())
+            .collect();
         self.stats.line(&all)
     }
 
-    /// A client connection (materialized, or accepted): connect a backend
-    /// and relay on a task, or reset the client at once.
+    /// A client connection (materialized, or accepted) within the limits:
+    /// relayed on a task, or reset at once.
     fn open(
         self: &Arc<Self>,
         client: std::net::TcpStream,
@@ -668,47 +783,37 @@ impl Proxy {
         service: SocketAddr,
         route: Arc<Route>,
     ) {
+        let refuse = |why: ResetReason, client: std::net::TcpStream| {
+            tracing::debug!(client = %peer, %service, reason = why.label(), "reset");
+            route.stats.reset(why);
+            reset(client);
+        };
         if self.active.fetch_add(1, Relaxed) >= self.limit.load(Relaxed) {
             self.active.fetch_sub(1, Relaxed);
-            tracing::debug!(client = %peer, %service, "reset: connection limit");
-            route.stats.reset(ResetReason::Limit);
-            reset(client);
-            return;
+            return refuse(ResetReason::Limit, client);
         }
+        let slot = Slot(self.clone());
         if route
             .max_connections
             .is_some_and(|m| route.stats.active.load(Relaxed) as usize >= m)
         {
-            self.active.fetch_sub(1, Relaxed);
-            tracing::debug!(client = %peer, %service, "reset: service connection limit");
-            route.stats.reset(ResetReason::ServiceLimit);
-            reset(client);
-            return;
+            return refuse(ResetReason::ServiceLimit, client);
         }
+        let admitted = match route
+            .sources
+            .admit(peer.ip(), &route.source_limits, Instant::now())
+        {
+            Ok(a) => a,
+            Err(Refusal::Concurrent) => return refuse(ResetReason::SourceLimit, client),
+            Err(Refusal::Rate) => return refuse(ResetReason::SourceRate, client),
+        };
         route.stats.opened();
         let start = Instant::now();
-        let p = self.clone();
+        let relay = self.clone();
         tokio::spawn(async move {
-            let mut moved = Moved::default();
-            match route.backends.connect().await {
-                Ok((mut backend, addr)) => {
-                    let header = proxyproto::header(route.proxy_protocol, peer, service);
-                    if header.is_empty() || backend.write_all(&header).await.is_ok() {
-                        let o = p.relay.relay(client, backend, route.idle_timeout).await;
-                        moved = o.moved;
-                        if let Err(e) = o.result {
-                            tracing::debug!(client = %peer, backend = %addr, error = %e, "relay failed");
-                        }
-                    }
-                }
-                Err(_) => {
-                    tracing::debug!(client = %peer, %service, "reset: no backend accepted");
-                    route.stats.reset(ResetReason::NoBackend);
-                    reset(client);
-                }
-            }
+            let moved = serve_one(&relay, client, peer, service, &route).await;
             route.stats.closed(start.elapsed(), moved);
-            p.active.fetch_sub(1, Relaxed);
+            drop((admitted, slot));
         });
     }
 

@@ -60,10 +60,14 @@ fn main() {
 fn run(a: RunArgs) -> Result<()> {
     let plan = Plan::from_args(&a)?;
     logging::init(&plan.log_level)?;
-    if let Some(addr) = plan.metrics {
-        let mode = plan.mode.map_or("off", |m| m.name());
-        metrics::install(addr, &metrics::BuildInfo::new(mode))?;
-        tracing::info!("metrics on http://{addr}/metrics");
-    }
-    ackgate::engine::run(plan, a)
+    let exporter = match plan.metrics {
+        Some(addr) => {
+            let mode = plan.mode.map_or("off", |m| m.name());
+            let e = metrics::install(addr, &metrics::BuildInfo::new(mode))?;
+            tracing::info!("metrics on http://{addr}/metrics");
+            Some(e)
+        }
+        None => None,
+    };
+    ackgate::engine::run(plan, a, exporter)
 }

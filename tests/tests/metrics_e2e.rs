@@ -209,6 +209,16 @@ fn metrics_move_by_exactly_what_was_sent() {
         assert_eq!(v["xdp"]["interfaces"][0], lab.gw_if);
         assert_eq!(v["backends"][0]["backend"], "127.0.0.1:9000");
         assert_eq!(v["backends"][0]["up"], true);
+        assert_eq!(v["backends"][0]["service"], "default");
+        assert_eq!(v["services"][0]["service"], "default");
+        assert_eq!(
+            total(&v["services"][0]["to_backend_bytes"]),
+            value(
+                &after,
+                "ackgate_relayed_bytes_total",
+                &[("direction", "to_backend")]
+            )
+        );
         assert_eq!(v["xdp_mode"], "native");
         // And the human snapshot when stdout is not a terminal.
         let out = lab

@@ -46,20 +46,20 @@ fn tagged(l: TcpListener, stop: &AtomicBool, tag: u8) {
 fn exchange(target: SocketAddr, msg: &[u8]) -> std::io::Result<u8> {
     let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut tag = [0u8; 1];
-    s.read_exact(&mut tag)?;
+    // The client speaks first (the backend is connected on its first
+    // byte); the backend's tag comes before the echo.
     s.write_all(msg)?;
     s.shutdown(Shutdown::Write)?;
     let mut got = Vec::new();
     s.read_to_end(&mut got)?;
-    if got != msg {
-        return Err(std::io::Error::other(format!(
+    match got.split_first() {
+        Some((&tag, echo)) if echo == msg => Ok(tag),
+        _ => Err(std::io::Error::other(format!(
             "echo of {} bytes came back as {}",
             msg.len(),
             got.len()
-        )));
+        ))),
     }
-    Ok(tag[0])
 }
 
 fn config(lab: &Lab, backends: &str) -> String {
@@ -136,9 +136,11 @@ fn reloads_under_load_fail_no_connection_and_take_effect() {
                 .unwrap();
             held.set_read_timeout(Some(Duration::from_secs(10)))
                 .unwrap();
-            let mut tag = [0u8; 1];
+            // The client speaks first; its backend is connected then.
+            held.write_all(b"hi").unwrap();
+            let mut tag = [0u8; 3];
             held.read_exact(&mut tag).unwrap();
-            assert_eq!(tag[0], b'A');
+            assert_eq!(&tag, b"Ahi");
 
             let (pid, cfg) = (pid_file.to_str().unwrap(), file.to_str().unwrap());
             let done = AtomicBool::new(false);

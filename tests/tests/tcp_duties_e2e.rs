@@ -267,7 +267,20 @@ fn a_time_wait_socket_answers_for_its_flow() {
         |_| {},
         bye_server,
         |lab| {
-            let run = run_proxy(lab, "127.0.0.1:9000");
+            // The backend speaks first: its backend is connected at once.
+            let v4 = format!("{}:8080", lab.vip4);
+            let run = run_ackgate_until(
+                lab,
+                &[
+                    "--listen",
+                    &v4,
+                    "--server-first",
+                    &v4,
+                    "--backend",
+                    "127.0.0.1:9000",
+                ],
+                "proxy ready",
+            );
             let target = SocketAddr::from((lab.vip4, 8080));
             let cport = lab
                 .client

@@ -4,13 +4,19 @@
 //! one. Both directions run until each has seen EOF: a FIN from one side is
 //! passed on as a write shutdown to the other, which may keep sending
 //! (half-close). An idle timeout ends a relay with no traffic either way.
+//! A failure on either side (a reset, a refused write) resets both: the
+//! client must not mistake a backend that died mid-response for a
+//! complete one ending with a FIN.
+//!
+//! A direction holds a buffer only while its socket has data to move, so
+//! an idle relay costs its two sockets and a task, not 128 KiB.
 
-use std::{future::Future, io, net::TcpStream as StdStream, pin::Pin, time::Duration};
+use std::{future::Future, io, pin::Pin, time::Duration};
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::AsyncWriteExt as _,
     net::{
         tcp::{OwnedReadHalf, OwnedWriteHalf},
         TcpStream,
@@ -37,31 +43,20 @@ pub type RelayFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
 /// A relay engine.
 pub trait Relay: Send + Sync {
-    fn relay(&self, client: StdStream, backend: TcpStream, idle: Duration) -> RelayFuture;
+    fn relay(&self, client: TcpStream, backend: TcpStream, idle: Duration) -> RelayFuture;
 }
 
 /// The tokio engine.
 pub struct TokioRelay;
 
 impl Relay for TokioRelay {
-    fn relay(&self, client: StdStream, backend: TcpStream, idle: Duration) -> RelayFuture {
-        Box::pin(async move {
-            let client = match client
-                .set_nonblocking(true)
-                .and_then(|()| TcpStream::from_std(client))
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    return Outcome {
-                        moved: Moved::default(),
-                        result: Err(e),
-                    }
-                }
-            };
-            relay(client, backend, idle).await
-        })
+    fn relay(&self, client: TcpStream, backend: TcpStream, idle: Duration) -> RelayFuture {
+        Box::pin(relay(client, backend, idle))
     }
 }
+
+/// Most bytes one read moves.
+const CHUNK: usize = 64 * 1024;
 
 async fn relay(client: TcpStream, backend: TcpStream, idle: Duration) -> Outcome {
     let _ = client.set_nodelay(true);
@@ -98,22 +93,40 @@ async fn relay(client: TcpStream, backend: TcpStream, idle: Duration) -> Outcome
 /// fails still reports them) and records activity in `last` (milliseconds
 /// since `start`).
 async fn pipe(
-    mut r: OwnedReadHalf,
+    r: OwnedReadHalf,
     mut w: OwnedWriteHalf,
     moved: &AtomicU64,
     last: &AtomicU64,
     start: Instant,
 ) -> io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
-            return w.shutdown().await;
+    let result = async {
+        loop {
+            // No buffer while there is nothing to read.
+            r.readable().await?;
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = match r.try_read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                };
+                if n == 0 {
+                    return w.shutdown().await;
+                }
+                w.write_all(&buf[..n]).await?;
+                moved.fetch_add(n as u64, Relaxed);
+                last.store(start.elapsed().as_millis() as u64, Relaxed);
+            }
         }
-        w.write_all(&buf[..n]).await?;
-        moved.fetch_add(n as u64, Relaxed);
-        last.store(start.elapsed().as_millis() as u64, Relaxed);
     }
+    .await;
+    if result.is_err() {
+        // Both sockets close with a RST once the other direction is
+        // dropped.
+        set_linger_zero(r.as_ref());
+        set_linger_zero(w.as_ref());
+    }
+    result
 }
 
 /// Resolves once neither direction has moved a byte for `idle`.
@@ -131,8 +144,13 @@ async fn watchdog(last: &AtomicU64, start: Instant, idle: Duration) {
 
 /// Closes `s` with a RST (SO_LINGER 0): the prompt refusal a client gets
 /// when no backend takes it or a limit is hit, never a hang.
-pub fn reset(s: StdStream) {
-    use std::os::fd::AsRawFd as _;
+pub fn reset(s: impl std::os::fd::AsRawFd) {
+    set_linger_zero(&s);
+    drop(s);
+}
+
+/// Makes the socket's close send a RST rather than a FIN.
+fn set_linger_zero(s: &impl std::os::fd::AsRawFd) {
     let l = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -147,5 +165,4 @@ pub fn reset(s: StdStream) {
             std::mem::size_of::<libc::linger>() as u32,
         );
     }
-    drop(s);
 }

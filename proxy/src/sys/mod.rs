@@ -4,5 +4,6 @@
 pub mod clock;
 pub mod netdev;
 pub mod raw;
+pub mod rlimit;
 pub mod sockopt;
 pub mod sysctl;

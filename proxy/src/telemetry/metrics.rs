@@ -21,6 +21,7 @@ use metrics::{
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 use thiserror::Error;
 
+pub use super::exporter::Exporter;
 use crate::{relay::Moved, xdp::Counters};
 
 /// Address `ackgate stats` reads when given none, and the one the example
@@ -134,13 +135,31 @@ pub enum ResetReason {
     Limit,
     /// The service's own `max_connections` reached.
     ServiceLimit,
+    /// The source holds `per_source_max` connections already.
+    SourceLimit,
+    /// The source opened `per_source_rate` connections in the last second.
+    SourceRate,
+    /// A client of a client-first service sent nothing in time.
+    FirstByteTimeout,
+    /// The backend accepted, but the PROXY protocol header could not be
+    /// written to it.
+    ProxyHeader,
+    /// The relay failed part-way (a side reset, a write was refused): both
+    /// sides are reset, so a client never takes a cut-off response for a
+    /// whole one.
+    RelayError,
 }
 
 impl ResetReason {
-    pub const ALL: [ResetReason; 3] = [
+    pub const ALL: [ResetReason; RESET_REASONS] = [
         ResetReason::NoBackend,
         ResetReason::Limit,
         ResetReason::ServiceLimit,
+        ResetReason::SourceLimit,
+        ResetReason::SourceRate,
+        ResetReason::FirstByteTimeout,
+        ResetReason::ProxyHeader,
+        ResetReason::RelayError,
     ];
 
     pub fn label(self) -> &'static str {
@@ -148,9 +167,16 @@ impl ResetReason {
             ResetReason::NoBackend => "no_backend",
             ResetReason::Limit => "limit",
             ResetReason::ServiceLimit => "service_limit",
+            ResetReason::SourceLimit => "source_limit",
+            ResetReason::SourceRate => "source_rate",
+            ResetReason::FirstByteTimeout => "first_byte_timeout",
+            ResetReason::ProxyHeader => "proxy_header",
+            ResetReason::RelayError => "relay_error",
         }
     }
 }
+
+pub const RESET_REASONS: usize = 8;
 
 /// Backend connect failure reasons.
 pub const BACKEND_ERROR_REASONS: [&str; 3] = ["refused", "timeout", "other"];
@@ -159,15 +185,21 @@ pub const BACKEND_ERROR_REASONS: [&str; 3] = ["refused", "timeout", "other"];
 pub enum MetricsError {
     #[error("serving metrics on {addr}: {err}")]
     Install { addr: SocketAddr, err: BuildError },
+    #[error("serving metrics on {addr}: {err}")]
+    Bind {
+        addr: SocketAddr,
+        err: std::io::Error,
+    },
 }
 
-/// Installs the global recorder and serves `/metrics` on `addr` (any path
-/// answers). Call before building anything that records metrics: handles
-/// resolved before it are no-ops.
-pub fn install(addr: SocketAddr, info: &BuildInfo) -> Result<(), MetricsError> {
+/// Binds the endpoint and installs the global recorder; the engine serves
+/// it ([`Exporter::serve`]). Call before building anything that records
+/// metrics: handles resolved before it are no-ops.
+pub fn install(addr: SocketAddr, info: &BuildInfo) -> Result<Exporter, MetricsError> {
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|err| MetricsError::Bind { addr, err })?;
     let err = |err| MetricsError::Install { addr, err };
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(HANDOFF_LATENCY.into()), &LATENCY_BUCKETS)
         .and_then(|b| {
             b.set_buckets_for_metric(
@@ -178,13 +210,17 @@ pub fn install(addr: SocketAddr, info: &BuildInfo) -> Result<(), MetricsError> {
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(CONNECTION_DURATION.into()), &DURATION_BUCKETS)
         })
-        .and_then(|b| b.install())
+        .and_then(|b| b.install_recorder())
         .map_err(err)?;
     describe();
     gauge!(BUILD_INFO,
         "version" => info.version, "kernel" => info.kernel.clone(), "xdp_mode" => info.xdp_mode)
     .set(1.0);
-    Ok(())
+    Ok(Exporter {
+        listener,
+        handle,
+        addr,
+    })
 }
 
 /// `ackgate_build_info`'s labels.
@@ -406,12 +442,25 @@ impl Stats {
         let sum = |f: fn(&ServiceStats) -> &AtomicU64| {
             services.iter().map(|s| f(s).load(Relaxed)).sum::<u64>()
         };
-        let no_backend = sum(|s| &s.resets[0]);
+        let resets = |r: &[ResetReason]| {
+            r.iter()
+                .map(|&r| {
+                    services
+                        .iter()
+                        .map(|s| s.resets[r as usize].load(Relaxed))
+                        .sum::<u64>()
+                })
+                .sum::<u64>()
+        };
+        let no_backend = resets(&[ResetReason::NoBackend]);
         format!(
-            "handoffs={} handoff_errors={} backend_errors={no_backend} resets_no_backend={no_backend} resets_limit={} active={} closed={} bytes_to_backend={} bytes_to_client={} synack_retransmits={}",
+            "handoffs={} handoff_errors={} backend_errors={no_backend} resets_no_backend={no_backend} resets_limit={} resets_source={} resets_first_byte={} resets_backend_failed={} active={} closed={} bytes_to_backend={} bytes_to_client={} synack_retransmits={}",
             self.handoffs.load(Relaxed),
             self.handoff_errors.load(Relaxed),
-            sum(|s| &s.resets[1]) + sum(|s| &s.resets[2]),
+            resets(&[ResetReason::Limit, ResetReason::ServiceLimit]),
+            resets(&[ResetReason::SourceLimit, ResetReason::SourceRate]),
+            resets(&[ResetReason::FirstByteTimeout]),
+            resets(&[ResetReason::ProxyHeader, ResetReason::RelayError]),
             sum(|s| &s.active),
             sum(|s| &s.closed),
             sum(|s| &s.bytes_to_backend),
@@ -428,10 +477,10 @@ pub struct ServiceStats {
     pub active: AtomicU64,
     pub closed: AtomicU64,
     /// By `ResetReason` index.
-    pub resets: [AtomicU64; 3],
+    pub resets: [AtomicU64; RESET_REASONS],
     pub bytes_to_backend: AtomicU64,
     pub bytes_to_client: AtomicU64,
-    m_resets: [Counter; 3],
+    m_resets: [Counter; RESET_REASONS],
     m_active: Gauge,
     m_duration: Histogram,
     m_to_backend: Counter,

@@ -296,12 +296,51 @@ pub fn summarize(addr: SocketAddr, a: &Snapshot, b: &Snapshot) -> Value {
             "p99": quantile(0.99, src),
         })
     };
-    let backends: Vec<Value> = b
-        .label_values(m::BACKEND_UP, "backend")
+    let services: Vec<Value> = b
+        .label_values(m::CONNECTIONS_ACTIVE, "service")
         .into_iter()
-        .map(|be| {
-            let f = [("backend", be.as_str())];
+        .map(|svc| {
+            let f = [("service", svc.as_str())];
+            let resets = {
+                let mut o = serde_json::Map::new();
+                for r in b.label_values(m::RESETS, "reason") {
+                    o.insert(
+                        r.clone(),
+                        counter(m::RESETS, &[f[0], ("reason", r.as_str())]),
+                    );
+                }
+                Value::Object(o)
+            };
             json!({
+                "service": svc,
+                "active_connections": b.sum(m::CONNECTIONS_ACTIVE, &f) as u64,
+                "to_backend_bytes": counter(m::RELAYED_BYTES, &[f[0], ("direction", "to_backend")]),
+                "to_client_bytes": counter(m::RELAYED_BYTES, &[f[0], ("direction", "to_client")]),
+                "resets": resets,
+            })
+        })
+        .collect();
+    // A backend is one of a service's: the same address in two services
+    // is two entries.
+    let mut pairs: Vec<(String, String)> = b
+        .samples
+        .iter()
+        .filter(|s| s.name == m::BACKEND_UP)
+        .filter_map(|s| {
+            Some((
+                s.label("service").unwrap_or("").to_string(),
+                s.label("backend")?.to_string(),
+            ))
+        })
+        .collect();
+    pairs.sort();
+    pairs.dedup();
+    let backends: Vec<Value> = pairs
+        .into_iter()
+        .map(|(svc, be)| {
+            let f = [("service", svc.as_str()), ("backend", be.as_str())];
+            json!({
+                "service": svc,
                 "backend": be,
                 "up": b.sum(m::BACKEND_UP, &f) > 0.0,
                 "connects": counter(m::BACKEND_CONNECTS, &f),
@@ -334,6 +373,7 @@ pub fn summarize(addr: SocketAddr, a: &Snapshot, b: &Snapshot) -> Value {
             "handoff_latency_seconds": latency(m::HANDOFF_LATENCY, &[]),
             "connection_duration_seconds": latency(m::CONNECTION_DURATION, &[]),
         },
+        "services": services,
         "backends": backends,
     })
 }
@@ -437,13 +477,37 @@ pub fn render(v: &Value) -> String {
         "connection duration",
         &p["connection_duration_seconds"],
     );
+    if let Some(ss) = v["services"].as_array().filter(|s| !s.is_empty()) {
+        let _ = writeln!(o, "\nservices");
+        for s in ss {
+            let resets: u64 = s["resets"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(_, c)| c["total"].as_u64().unwrap_or(0))
+                .sum();
+            let _ = writeln!(
+                o,
+                "  {:<16} active {:>6}  to backend {:>9}/s  to client {:>9}/s  resets {}",
+                s["service"].as_str().unwrap_or("?"),
+                s["active_connections"],
+                fmt_rate(s["to_backend_bytes"]["per_sec"].as_f64().unwrap_or(0.0)),
+                fmt_rate(s["to_client_bytes"]["per_sec"].as_f64().unwrap_or(0.0)),
+                resets
+            );
+        }
+    }
     if let Some(bs) = v["backends"].as_array().filter(|b| !b.is_empty()) {
         let _ = writeln!(o, "\nbackends");
         for b in bs {
             let _ = writeln!(
                 o,
                 "  {:<28} {:<4} connects {} ({}/s), errors {}, connect p50 {} p99 {}",
-                b["backend"].as_str().unwrap_or("?"),
+                format!(
+                    "{} {}",
+                    b["service"].as_str().unwrap_or("?"),
+                    b["backend"].as_str().unwrap_or("?")
+                ),
                 if b["up"].as_bool() == Some(true) {
                     "up"
                 } else {
