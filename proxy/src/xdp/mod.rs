@@ -6,12 +6,16 @@ pub mod counters;
 pub mod ring;
 pub mod secret;
 
-use std::{fmt, net::SocketAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
 
 use ackgate_common::wire::{
     Addresses, Config, KeySlot, RecentKey, RecentSynAck, COUNTERS, FLAG_HANDOFF, KEY_SLOTS,
     MAP_ADDRS, MAP_CONFIG, MAP_COUNTERS, MAP_HANDOFF, MAP_KEYS, MAP_PORTS, MAP_RECENT,
-    PROG_RESPONDER, SERVER_FIRST_SHIFT, V6_PORT_BIT,
+    MAX_ADDRS_V4, MAX_ADDRS_V6, PROG_RESPONDER, SERVER_FIRST_SHIFT, V6_PORT_BIT,
 };
 use aya::{
     maps::{Array, MapError, PerCpuArray, RingBuf},
@@ -117,6 +121,8 @@ pub enum ResponderError {
     },
     #[error("at most {max} protected {family} addresses")]
     TooManyAddresses { family: &'static str, max: usize },
+    #[error("cannot protect {0}: the address must be a unicast address and the port non-zero")]
+    Unprotectable(SocketAddr),
     #[error("BPF map {name}: {err}")]
     Map { name: &'static str, err: MapError },
 }
@@ -131,6 +137,9 @@ pub struct Responder {
     attached: Option<(String, AttachMode)>,
     /// What userspace last wrote to `CONFIG`.
     config: Config,
+    /// The protected services `ADDRS` and `PORTS` hold (this process is
+    /// their only writer), and whether each speaks first.
+    services: BTreeMap<SocketAddr, bool>,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> ResponderError {
@@ -175,6 +184,7 @@ impl Responder {
             ebpf,
             attached: None,
             config: Config::default(),
+            services: BTreeMap::new(),
         })
     }
 
@@ -192,8 +202,9 @@ impl Responder {
         })
     }
 
-    /// Protects `addr` (IPv4 or IPv6, port > 0). Up to 16 addresses per
-    /// family, any number of ports each.
+    /// Protects `addr` (IPv4 or IPv6, port > 0) in addition to the services
+    /// already protected. Up to 16 addresses per family, any number of
+    /// ports each.
     pub fn add_service(&mut self, addr: SocketAddr) -> Result<()> {
         self.add_service_with(addr, false)
     }
@@ -206,30 +217,97 @@ impl Responder {
     }
 
     fn add_service_with(&mut self, addr: SocketAddr, server_first: bool) -> Result<()> {
+        let mut all: Vec<(SocketAddr, bool)> = self.services().collect();
+        all.push((addr, server_first));
+        self.set_services(&all)
+    }
+
+    /// The protected services, and whether each speaks first.
+    pub fn services(&self) -> impl Iterator<Item = (SocketAddr, bool)> + '_ {
+        self.services.iter().map(|(a, f)| (*a, *f))
+    }
+
+    /// Makes `services` (address:port, server first) the protected set, in
+    /// place, while the program runs (a reload): an address that stays keeps
+    /// its slot in `ADDRS`, a new one takes a free slot, a removed one is
+    /// cleared. Port bits are added before the addresses change and removed
+    /// after, so a service in both sets is protected at every instant, and
+    /// a new address never inherits a removed one's ports. A service listed
+    /// twice speaks first if either says so. More addresses than the slots
+    /// is an error that leaves the old set in force.
+    pub fn set_services(&mut self, services: &[(SocketAddr, bool)]) -> Result<()> {
+        let want = service_set(services)?;
+        self.replace_services(want)
+    }
+
+    fn replace_services(&mut self, want: BTreeMap<SocketAddr, bool>) -> Result<()> {
+        let ips: BTreeSet<IpAddr> = want.keys().map(|a| a.ip()).collect();
+        // New addresses take slots that were free before this update; if
+        // the only free ones are those removed addresses leave, a first pass
+        // removes those (and adds what fits), a second adds the rest.
+        let cur = self.addresses()?;
+        let (slots, all_placed) = place(&cur, &ips);
+        if !all_placed {
+            let placed: BTreeMap<SocketAddr, bool> = want
+                .iter()
+                .filter(|(a, _)| slot_of(&slots, a.ip()).is_some())
+                .map(|(a, f)| (*a, *f))
+                .collect();
+            self.apply_services(&cur, &slots, placed)?;
+            let cur = slots;
+            let (slots, all_placed) = place(&cur, &ips);
+            debug_assert!(all_placed, "every slot a removed address held is free");
+            return self.apply_services(&cur, &slots, want);
+        }
+        self.apply_services(&cur, &slots, want)
+    }
+
+    /// `ADDRS` as the program sees it.
+    fn addresses(&self) -> Result<Addresses> {
         let am: Array<_, Addresses> =
-            Array::try_from(self.map_mut(MAP_ADDRS)?).map_err(map_err(MAP_ADDRS))?;
-        let mut a = am.get(&0, 0).map_err(map_err(MAP_ADDRS))?;
-        let bit = match ring::words(addr.ip()) {
-            ([w, ..], 4) => slot_for(&mut a.v4, &mut a.n4, w, "IPv4")?,
-            (w, _) => V6_PORT_BIT + slot_for(&mut a.v6, &mut a.n6, w, "IPv6")?,
-        };
-        // Port bit first, then the address that makes it reachable.
+            Array::try_from(self.map(MAP_ADDRS)?).map_err(map_err(MAP_ADDRS))?;
+        am.get(&0, 0).map_err(map_err(MAP_ADDRS))
+    }
+
+    /// From `cur` to `next` slots and from `self.services` to `want` (whose
+    /// addresses all have a slot in `next`): port bits added, the address
+    /// slots written, port bits removed.
+    fn apply_services(
+        &mut self,
+        cur: &Addresses,
+        next: &Addresses,
+        want: BTreeMap<SocketAddr, bool>,
+    ) -> Result<()> {
+        let old = port_bits(cur, &self.services);
+        let new = port_bits(next, &want);
+        let ports: BTreeSet<u16> = old.keys().chain(new.keys()).copied().collect();
+        let bits = |m: &BTreeMap<u16, u64>, p: u16| m.get(&p).copied().unwrap_or(0);
         {
             let mut pm: Array<_, u64> =
                 Array::try_from(self.map_mut(MAP_PORTS)?).map_err(map_err(MAP_PORTS))?;
-            let mut bits = pm
-                .get(&(addr.port() as u32), 0)
-                .map_err(map_err(MAP_PORTS))?
-                | (1 << bit);
-            if server_first {
-                bits |= 1 << (SERVER_FIRST_SHIFT + bit);
+            for &p in &ports {
+                let (o, n) = (bits(&old, p), bits(&new, p));
+                if o | n != o {
+                    pm.set(p as u32, o | n, 0).map_err(map_err(MAP_PORTS))?;
+                }
             }
-            pm.set(addr.port() as u32, bits, 0)
-                .map_err(map_err(MAP_PORTS))?;
         }
-        let mut am: Array<_, Addresses> =
-            Array::try_from(self.map_mut(MAP_ADDRS)?).map_err(map_err(MAP_ADDRS))?;
-        am.set(0, a, 0).map_err(map_err(MAP_ADDRS))?;
+        if next != cur {
+            let mut am: Array<_, Addresses> =
+                Array::try_from(self.map_mut(MAP_ADDRS)?).map_err(map_err(MAP_ADDRS))?;
+            am.set(0, *next, 0).map_err(map_err(MAP_ADDRS))?;
+        }
+        {
+            let mut pm: Array<_, u64> =
+                Array::try_from(self.map_mut(MAP_PORTS)?).map_err(map_err(MAP_PORTS))?;
+            for &p in &ports {
+                let (o, n) = (bits(&old, p), bits(&new, p));
+                if o | n != n {
+                    pm.set(p as u32, n, 0).map_err(map_err(MAP_PORTS))?;
+                }
+            }
+        }
+        self.services = want;
         Ok(())
     }
 
@@ -264,8 +342,7 @@ impl Responder {
                 clock_ms: cookie_clock_ms(),
                 flags: self.config.flags,
                 ts_max_age_ms: settings.ts_max_age_ms,
-                mac: self.config.mac,
-                _pad: [0; 2],
+                ..self.config
             };
             self.write_config()?;
         }
@@ -384,24 +461,118 @@ impl Responder {
     }
 }
 
-/// The slot holding `w` among the `n` used ones, or a new one after them.
-fn slot_for<T: PartialEq + Copy>(
-    slots: &mut [T],
-    n: &mut u32,
-    w: T,
-    family: &'static str,
-) -> Result<u32> {
-    let used = *n as usize;
-    let i = slots[..used].iter().position(|x| *x == w).unwrap_or(used);
-    if i == slots.len() {
+/// `services` as a set (server first if any entry says so), checked:
+/// protectable addresses, within the slots.
+fn service_set(services: &[(SocketAddr, bool)]) -> Result<BTreeMap<SocketAddr, bool>> {
+    let mut want: BTreeMap<SocketAddr, bool> = BTreeMap::new();
+    for &(a, server_first) in services {
+        let ip = a.ip();
+        let broadcast = matches!(ip, IpAddr::V4(v) if v.is_broadcast());
+        if a.port() == 0 || ip.is_unspecified() || ip.is_multicast() || broadcast {
+            return Err(ResponderError::Unprotectable(a));
+        }
+        *want.entry(a).or_default() |= server_first;
+    }
+    let ips: BTreeSet<IpAddr> = want.keys().map(|a| a.ip()).collect();
+    let n4 = ips.iter().filter(|a| a.is_ipv4()).count();
+    if n4 > MAX_ADDRS_V4 {
         return Err(ResponderError::TooManyAddresses {
-            family,
-            max: slots.len(),
+            family: "IPv4",
+            max: MAX_ADDRS_V4,
         });
     }
-    slots[i] = w;
-    *n = (*n).max(i as u32 + 1);
-    Ok(i as u32)
+    if ips.len() - n4 > MAX_ADDRS_V6 {
+        return Err(ResponderError::TooManyAddresses {
+            family: "IPv6",
+            max: MAX_ADDRS_V6,
+        });
+    }
+    Ok(want)
+}
+
+/// The `PORTS` bit index of `ip` in `a`.
+fn slot_of(a: &Addresses, ip: IpAddr) -> Option<u32> {
+    match ring::words(ip) {
+        ([w, ..], 4) => a.v4[..a.n4 as usize]
+            .iter()
+            .position(|x| *x == w)
+            .map(|i| i as u32),
+        (w, _) => a.v6[..a.n6 as usize]
+            .iter()
+            .position(|x| *x == w)
+            .map(|i| V6_PORT_BIT + i as u32),
+    }
+}
+
+/// `PORTS` contents for `services` placed as in `a`.
+fn port_bits(a: &Addresses, services: &BTreeMap<SocketAddr, bool>) -> BTreeMap<u16, u64> {
+    let mut out = BTreeMap::new();
+    for (s, server_first) in services {
+        let Some(bit) = slot_of(a, s.ip()) else {
+            continue;
+        };
+        let b = out.entry(s.port()).or_insert(0u64);
+        *b |= 1 << bit;
+        if *server_first {
+            *b |= 1 << (SERVER_FIRST_SHIFT + bit);
+        }
+    }
+    out
+}
+
+/// The slots for `ips` after `cur`: an address in `cur` keeps its slot, one
+/// not in `ips` is cleared (zero: matches no packet; its port bits are
+/// cleared too), a new one takes a slot that is free in `cur`. Whether all
+/// of `ips` found one.
+fn place(cur: &Addresses, ips: &BTreeSet<IpAddr>) -> (Addresses, bool) {
+    let mut a = *cur;
+    let v4: Vec<u32> = ips.iter().filter_map(|ip| four(*ip)).collect();
+    let v6: Vec<[u32; 4]> = ips.iter().filter_map(|ip| six(*ip)).collect();
+    let ok4 = place_family(&mut a.v4, &mut a.n4, &v4, 0);
+    let ok6 = place_family(&mut a.v6, &mut a.n6, &v6, [0; 4]);
+    (a, ok4 && ok6)
+}
+
+fn four(ip: IpAddr) -> Option<u32> {
+    match ring::words(ip) {
+        ([w, ..], 4) => Some(w),
+        _ => None,
+    }
+}
+
+fn six(ip: IpAddr) -> Option<[u32; 4]> {
+    match ring::words(ip) {
+        (w, 6) => Some(w),
+        _ => None,
+    }
+}
+
+fn place_family<T: PartialEq + Copy>(slots: &mut [T], n: &mut u32, want: &[T], free: T) -> bool {
+    let used = *n as usize;
+    // Free before this update: past the used ones, or cleared earlier.
+    let was_free: Vec<bool> = (0..slots.len())
+        .map(|i| i >= used || slots[i] == free)
+        .collect();
+    for s in slots[..used].iter_mut() {
+        if !want.contains(s) {
+            *s = free;
+        }
+    }
+    let mut all = true;
+    for w in want {
+        if slots[..used].contains(w) {
+            continue;
+        }
+        match (0..slots.len()).find(|&i| was_free[i] && slots[i] == free) {
+            Some(i) => slots[i] = *w,
+            None => all = false,
+        }
+    }
+    *n = slots
+        .iter()
+        .rposition(|s| *s != free)
+        .map_or(0, |i| i as u32 + 1);
+    all
 }
 
 pub fn attach_named(ebpf: &mut Ebpf, prog: &str, iface: &str, mode: AttachMode) -> Result<()> {
