@@ -143,6 +143,51 @@ pub struct Config {
 /// valid ones to userspace (`HANDOFF` ring buffer). Off, such ACKs go to the
 /// kernel like any other non-SYN segment.
 pub const FLAG_HANDOFF: u32 = 1;
+/// `Config::flags`: SYNs are checked against the global access list
+/// (`ACL4`/`ACL6`). Off, the SYN path makes no lookup for it.
+pub const FLAG_ACL_GLOBAL: u32 = 2;
+/// `Config::flags`: SYNs are checked against their service's access list
+/// (`SVC_ACL4`/`SVC_ACL6`).
+pub const FLAG_ACL_SERVICE: u32 = 4;
+
+/// Access lists: LPM tries whose value is `ACL_ALLOW` or `ACL_DENY`. The
+/// longest prefix matching a SYN decides; nothing matching allows (userspace
+/// states a list's default deny as a deny entry with a zero-length source
+/// prefix). Any value but `ACL_ALLOW` denies.
+///
+/// Global, IPv4: key data = the source address as in the packet.
+pub const MAP_ACL4: &str = "ACL4";
+/// Global, IPv6: key data = the source address as in the packet.
+pub const MAP_ACL6: &str = "ACL6";
+/// Per service, IPv4: key data = `[port word, service address, source]`
+/// (see `acl_port_word`), prefix length `SVC_ACL4_FIXED_BITS` + the source
+/// prefix, so a service's rules match only SYNs to its own address:port.
+pub const MAP_SVC_ACL4: &str = "SVC_ACL4";
+/// Per service, IPv6: key data = `[port word, service address (4 words),
+/// source (4 words)]`, prefix length `SVC_ACL6_FIXED_BITS` + the source
+/// prefix.
+pub const MAP_SVC_ACL6: &str = "SVC_ACL6";
+pub const ACL_ALLOW: u8 = 1;
+pub const ACL_DENY: u8 = 2;
+/// Entries per access-list map at most (LPM tries allocate per entry).
+pub const ACL_ENTRIES: u32 = 65536;
+/// Key data bits before the source address in the per-service tries: the
+/// port word and the service address.
+pub const SVC_ACL4_FIXED_BITS: u32 = 32 + 32;
+pub const SVC_ACL6_FIXED_BITS: u32 = 32 + 128;
+pub type AclKey4 = u32;
+pub type AclKey6 = [u32; 4];
+pub type SvcAclKey4 = [u32; 3];
+pub type SvcAclKey6 = [u32; 9];
+
+/// The first word of a per-service key: the destination port as the packet
+/// carries it (network order, its two bytes first in memory), then two zero
+/// bytes. `port_be` is the port field as loaded from the packet.
+#[inline(always)]
+pub const fn acl_port_word(port_be: u16) -> u32 {
+    let b = port_be.to_ne_bytes();
+    u32::from_ne_bytes([b[0], b[1], 0, 0])
+}
 
 /// Ring buffer of verified flows for the proxy.
 pub const MAP_HANDOFF: &str = "HANDOFF";
@@ -229,9 +274,13 @@ pub enum Counter {
     /// broadcast, class E, link-local to a global address, the protected
     /// address itself): never answered.
     DropMartian = 14,
+    /// SYNs refused by the global access list: dropped, never answered.
+    DropAclGlobal = 15,
+    /// SYNs refused by their service's access list: dropped, never answered.
+    DropAclService = 16,
 }
 
-pub const COUNTERS: usize = 15;
+pub const COUNTERS: usize = 17;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS] = [
@@ -250,6 +299,8 @@ impl Counter {
         Counter::DropSynAckNoFlow,
         Counter::DropNotUnicast,
         Counter::DropMartian,
+        Counter::DropAclGlobal,
+        Counter::DropAclService,
     ];
 
     /// Stable snake_case name (used in output and, later, metric labels).
@@ -270,6 +321,8 @@ impl Counter {
             Counter::DropSynAckNoFlow => "drop_synack_no_flow",
             Counter::DropNotUnicast => "drop_not_unicast",
             Counter::DropMartian => "drop_martian",
+            Counter::DropAclGlobal => "drop_acl_global",
+            Counter::DropAclService => "drop_acl_service",
         }
     }
 }

@@ -2,6 +2,7 @@
 //! attachment. Only the product program is loaded; the harness programs
 //! the tests and the bench use live in their own object (`ackgate-lab`).
 
+pub mod acl;
 pub mod counters;
 pub mod ring;
 pub mod secret;
@@ -13,19 +14,25 @@ use std::{
 };
 
 use ackgate_common::wire::{
-    Addresses, Config, KeySlot, RecentKey, RecentSynAck, COUNTERS, FLAG_HANDOFF, KEY_SLOTS,
+    AclKey4, AclKey6, Addresses, Config, KeySlot, RecentKey, RecentSynAck, SvcAclKey4, SvcAclKey6,
+    COUNTERS, FLAG_ACL_GLOBAL, FLAG_ACL_SERVICE, FLAG_HANDOFF, KEY_SLOTS, MAP_ACL4, MAP_ACL6,
     MAP_ADDRS, MAP_CONFIG, MAP_COUNTERS, MAP_HANDOFF, MAP_KEYS, MAP_PORTS, MAP_RECENT,
-    MAX_ADDRS_V4, MAX_ADDRS_V6, PROG_RESPONDER, SERVER_FIRST_SHIFT, V6_PORT_BIT,
+    MAP_SVC_ACL4, MAP_SVC_ACL6, MAX_ADDRS_V4, MAX_ADDRS_V6, PROG_RESPONDER, SERVER_FIRST_SHIFT,
+    V6_PORT_BIT,
 };
 use aya::{
-    maps::{Array, MapError, PerCpuArray, RingBuf},
+    maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
     programs::{ProgramError, Xdp, XdpMode},
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, Pod,
 };
 use thiserror::Error;
 
+pub use self::acl::{AccessList, AclError, Cidr, CidrError};
 pub use self::counters::Counters;
-use self::secret::Secret;
+use self::{
+    acl::{Tables, Trie},
+    secret::Secret,
+};
 use crate::sys::clock::cookie_clock_ms;
 
 /// The XDP object built by build.rs from `ebpf/`.
@@ -123,6 +130,8 @@ pub enum ResponderError {
     TooManyAddresses { family: &'static str, max: usize },
     #[error("cannot protect {0}: the address must be a unicast address and the port non-zero")]
     Unprotectable(SocketAddr),
+    #[error("access lists: {0}")]
+    Acl(#[from] AclError),
     #[error("BPF map {name}: {err}")]
     Map { name: &'static str, err: MapError },
 }
@@ -309,6 +318,117 @@ impl Responder {
         }
         self.services = want;
         Ok(())
+    }
+
+    /// Installs access lists in place of the ones installed, while the
+    /// program runs: `global` for every SYN, then each `(address:port,
+    /// list)` for SYNs to that protected service (a service with several
+    /// addresses or ports is listed once per address:port; a list's entries
+    /// of the other family than the address are ignored). Semantics in
+    /// [`acl`]. New and changed entries are written first (longest prefix
+    /// first) and a list's lookups turned on once it is complete; lookups
+    /// of a list that becomes empty are turned off, then stale entries
+    /// deleted (shortest first): a source whose verdict the new lists do
+    /// not change is never refused or let in in between. Empty lists cost
+    /// the SYN path no lookup. Entries for an address:port that is not
+    /// protected (yet) are inert.
+    ///
+    /// For a reload that also changes services, [`Responder::reconfigure`]
+    /// orders both so that no service is ever protected without its list.
+    pub fn set_acl(
+        &mut self,
+        global: &AccessList,
+        per_service: &[(SocketAddr, &AccessList)],
+    ) -> Result<()> {
+        let t = Tables::build(global, per_service)?;
+        self.acl_insert(&t)?;
+        self.acl_prune(&t)
+    }
+
+    /// A reload's XDP side: the services and access lists of a new
+    /// configuration, in place. Entries of the new lists are written and
+    /// their lookups turned on before the new services are protected;
+    /// services are replaced as [`Responder::set_services`] does; then the
+    /// lookups of lists that became empty are turned off and stale entries
+    /// deleted. A service present before and after is protected throughout,
+    /// and never without its list. Invalid lists or too many addresses are
+    /// refused before anything changes.
+    pub fn reconfigure(
+        &mut self,
+        services: &[(SocketAddr, bool)],
+        global: &AccessList,
+        per_service: &[(SocketAddr, &AccessList)],
+    ) -> Result<()> {
+        let t = Tables::build(global, per_service)?;
+        let want = service_set(services)?;
+        self.acl_insert(&t)?;
+        self.replace_services(want)?;
+        self.acl_prune(&t)
+    }
+
+    fn trie<K: Pod + Ord>(&mut self, name: &'static str) -> Result<Trie<&mut MapData, K>> {
+        let map = LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        Ok(Trie { map })
+    }
+
+    fn installed<K: Pod + Ord>(&self, name: &'static str) -> Result<usize> {
+        let map = LpmTrie::try_from(self.map(name)?).map_err(map_err(name))?;
+        let t: Trie<&MapData, K> = Trie { map };
+        Ok(t.installed().map_err(map_err(name))?.len())
+    }
+
+    /// Writes new and changed entries, then turns on the lookups of the
+    /// lists that have entries.
+    fn acl_insert(&mut self, t: &Tables) -> Result<()> {
+        self.trie(MAP_ACL4)?
+            .insert(&t.global4)
+            .map_err(map_err(MAP_ACL4))?;
+        self.trie(MAP_ACL6)?
+            .insert(&t.global6)
+            .map_err(map_err(MAP_ACL6))?;
+        self.trie(MAP_SVC_ACL4)?
+            .insert(&t.service4)
+            .map_err(map_err(MAP_SVC_ACL4))?;
+        self.trie(MAP_SVC_ACL6)?
+            .insert(&t.service6)
+            .map_err(map_err(MAP_SVC_ACL6))?;
+        let on = acl_flags(t);
+        if self.config.flags & on != on {
+            self.config.flags |= on;
+            self.write_config()?;
+        }
+        Ok(())
+    }
+
+    /// Turns off the lookups of the lists that are empty, then deletes the
+    /// stale entries.
+    fn acl_prune(&mut self, t: &Tables) -> Result<()> {
+        let off = (FLAG_ACL_GLOBAL | FLAG_ACL_SERVICE) & !acl_flags(t);
+        if self.config.flags & off != 0 {
+            self.config.flags &= !off;
+            self.write_config()?;
+        }
+        self.trie(MAP_ACL4)?
+            .prune(&t.global4)
+            .map_err(map_err(MAP_ACL4))?;
+        self.trie(MAP_ACL6)?
+            .prune(&t.global6)
+            .map_err(map_err(MAP_ACL6))?;
+        self.trie(MAP_SVC_ACL4)?
+            .prune(&t.service4)
+            .map_err(map_err(MAP_SVC_ACL4))?;
+        self.trie(MAP_SVC_ACL6)?
+            .prune(&t.service6)
+            .map_err(map_err(MAP_SVC_ACL6))
+    }
+
+    /// Entries in the access-list maps, as (global, per service), default
+    /// denies included.
+    pub fn acl_rules(&self) -> Result<(usize, usize)> {
+        let global = self.installed::<AclKey4>(MAP_ACL4)? + self.installed::<AclKey6>(MAP_ACL6)?;
+        let service = self.installed::<SvcAclKey4>(MAP_SVC_ACL4)?
+            + self.installed::<SvcAclKey6>(MAP_SVC_ACL6)?;
+        Ok((global, service))
     }
 
     /// Writes the key slots for `epoch - 1 ..= epoch + 1`, makes `epoch` the
@@ -573,6 +693,18 @@ fn place_family<T: PartialEq + Copy>(slots: &mut [T], n: &mut u32, want: &[T], f
         .rposition(|s| *s != free)
         .map_or(0, |i| i as u32 + 1);
     all
+}
+
+/// The `Config::flags` bits turning on the lookups `t` needs.
+fn acl_flags(t: &Tables) -> u32 {
+    let mut f = 0;
+    if !t.global4.is_empty() || !t.global6.is_empty() {
+        f |= FLAG_ACL_GLOBAL;
+    }
+    if !t.service4.is_empty() || !t.service6.is_empty() {
+        f |= FLAG_ACL_SERVICE;
+    }
+    f
 }
 
 pub fn attach_named(ebpf: &mut Ebpf, prog: &str, iface: &str, mode: AttachMode) -> Result<()> {
