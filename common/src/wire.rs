@@ -133,10 +133,40 @@ pub struct Config {
     pub flags: u32,
     /// Oldest SYN-ACK (by its echoed TSval) whose ACK is still accepted.
     pub ts_max_age_ms: u32,
-    /// The interface's own MAC: only unicast frames to it are answered. All
-    /// zero: not checked (test harnesses; `attach` always sets it).
-    pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// Used entries of `ifaces`. Zero: no MAC is checked (test harnesses;
+    /// `attach` always adds its interface).
+    pub n_ifaces: u32,
+    pub _pad: u32,
+    /// The attached interfaces' own MACs: on each, only unicast frames to
+    /// its MAC are answered.
+    pub ifaces: [Iface; MAX_IFACES],
+}
+
+/// Interfaces one responder can be attached to at most.
+pub const MAX_IFACES: usize = 8;
+
+/// An attached interface and its MAC, as `Config::ifaces` holds them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Iface {
+    /// The MAC's six bytes in memory order in the low 48 bits of a
+    /// little-endian word (`u64::from_le_bytes([m0, .., m5, 0, 0])`): what
+    /// one compare against the frame's destination needs.
+    pub mac: u64,
+    /// The ingress ifindex frames on it carry; 0 matches every interface
+    /// (a MAC set without an attachment, for test harnesses).
+    pub ifindex: u32,
+    pub _pad: u32,
+}
+
+impl Iface {
+    pub const fn new(ifindex: u32, mac: [u8; 6]) -> Self {
+        Iface {
+            mac: u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0]),
+            ifindex,
+            _pad: 0,
+        }
+    }
 }
 
 /// `Config::flags`: verify ACKs for flows with no kernel socket and hand the
@@ -334,6 +364,7 @@ mod pod {
     unsafe impl aya::Pod for super::Addresses {}
     unsafe impl aya::Pod for super::KeySlot {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Iface {}
     unsafe impl aya::Pod for super::BenchFrame {}
     unsafe impl aya::Pod for super::Handoff {}
     unsafe impl aya::Pod for super::RecentKey {}

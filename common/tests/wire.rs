@@ -4,13 +4,24 @@
 use core::mem::size_of;
 
 use ackgate_common::wire::{
-    acl_port_word, Config, Counter, SvcAclKey4, SvcAclKey6, COUNTERS, SVC_ACL4_FIXED_BITS,
-    SVC_ACL6_FIXED_BITS,
+    acl_port_word, Config, Counter, Iface, SvcAclKey4, SvcAclKey6, COUNTERS, MAX_IFACES,
+    SVC_ACL4_FIXED_BITS, SVC_ACL6_FIXED_BITS,
 };
 
 #[test]
 fn config_has_no_implicit_padding() {
-    assert_eq!(size_of::<Config>(), 32);
+    assert_eq!(size_of::<Iface>(), 16);
+    assert_eq!(size_of::<Config>(), 32 + MAX_IFACES * size_of::<Iface>());
+}
+
+#[test]
+fn iface_mac_word_is_the_frame_bytes_in_memory_order() {
+    let i = Iface::new(7, [0x02, 0x11, 0x22, 0x33, 0x44, 0x55]);
+    assert_eq!(
+        i.mac.to_le_bytes(),
+        [0x02, 0x11, 0x22, 0x33, 0x44, 0x55, 0, 0]
+    );
+    assert_eq!(i.ifindex, 7);
 }
 
 #[test]

@@ -126,7 +126,7 @@ fn tcp_inner<A: Answer>(
     if seg_end > ctx.data_end() - ctx.data() {
         return (XDP_DROP, Counter::DropMalformed);
     }
-    if !unicast_to_us(seg.macs) {
+    if !unicast_to_us(ctx, seg.macs) {
         return (XDP_DROP, Counter::DropNotUnicast);
     }
     if addrs.martian() {

@@ -14,11 +14,11 @@ use std::{
 };
 
 use ackgate_common::wire::{
-    AclKey4, AclKey6, Addresses, Config, KeySlot, RecentKey, RecentSynAck, SvcAclKey4, SvcAclKey6,
-    COUNTERS, FLAG_ACL_GLOBAL, FLAG_ACL_SERVICE, FLAG_HANDOFF, KEY_SLOTS, MAP_ACL4, MAP_ACL6,
-    MAP_ADDRS, MAP_CONFIG, MAP_COUNTERS, MAP_HANDOFF, MAP_KEYS, MAP_PORTS, MAP_RECENT,
-    MAP_SVC_ACL4, MAP_SVC_ACL6, MAX_ADDRS_V4, MAX_ADDRS_V6, PROG_RESPONDER, SERVER_FIRST_SHIFT,
-    V6_PORT_BIT,
+    AclKey4, AclKey6, Addresses, Config, Iface, KeySlot, RecentKey, RecentSynAck, SvcAclKey4,
+    SvcAclKey6, COUNTERS, FLAG_ACL_GLOBAL, FLAG_ACL_SERVICE, FLAG_HANDOFF, KEY_SLOTS, MAP_ACL4,
+    MAP_ACL6, MAP_ADDRS, MAP_CONFIG, MAP_COUNTERS, MAP_HANDOFF, MAP_KEYS, MAP_PORTS, MAP_RECENT,
+    MAP_SVC_ACL4, MAP_SVC_ACL6, MAX_ADDRS_V4, MAX_ADDRS_V6, MAX_IFACES, PROG_RESPONDER,
+    SERVER_FIRST_SHIFT, V6_PORT_BIT,
 };
 use aya::{
     maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
@@ -130,6 +130,10 @@ pub enum ResponderError {
     TooManyAddresses { family: &'static str, max: usize },
     #[error("cannot protect {0}: the address must be a unicast address and the port non-zero")]
     Unprotectable(SocketAddr),
+    #[error("already attached to {0}")]
+    AlreadyAttached(String),
+    #[error("attached to {max} interfaces already, the most one responder serves")]
+    TooManyInterfaces { max: usize },
     #[error("access lists: {0}")]
     Acl(#[from] AclError),
     #[error("BPF map {name}: {err}")]
@@ -143,7 +147,7 @@ type Result<T> = std::result::Result<T, ResponderError>;
 /// crash also hands traffic back to the kernel instead of black-holing it.
 pub struct Responder {
     ebpf: Ebpf,
-    attached: Option<(String, AttachMode)>,
+    attached: Vec<(String, AttachMode)>,
     /// What userspace last wrote to `CONFIG`.
     config: Config,
     /// The protected services `ADDRS` and `PORTS` hold (this process is
@@ -191,7 +195,7 @@ impl Responder {
         load_program(&mut ebpf, PROG_RESPONDER)?;
         Ok(Responder {
             ebpf,
-            attached: None,
+            attached: Vec::new(),
             config: Config::default(),
             services: BTreeMap::new(),
         })
@@ -530,28 +534,60 @@ impl Responder {
         cfg.set(0, c, 0).map_err(map_err(MAP_CONFIG))
     }
 
-    /// The MAC frames must be addressed to for ackgate to answer them
-    /// (`attach` sets the interface's own); all zero checks nothing.
+    /// The MAC frames must be addressed to for ackgate to answer them, on
+    /// every interface, in place of the attached interfaces' own (`attach`
+    /// sets those); all zero checks nothing. For test harnesses.
     pub fn set_mac(&mut self, mac: [u8; 6]) -> Result<()> {
-        self.config.mac = mac;
+        let n = usize::from(mac != [0; 6]);
+        self.config.ifaces = [Iface::default(); MAX_IFACES];
+        self.config.ifaces[0] = Iface::new(0, mac);
+        self.config.n_ifaces = n as u32;
         self.write_config()
     }
 
     /// Attaches to `iface` (in the calling thread's network namespace), and
-    /// answers only frames to its MAC from then on.
+    /// answers only frames to its MAC on it from then on. Call it once per
+    /// interface to protect several (up to 8): one program and one set of
+    /// maps serve them all, each interface checked against its own MAC.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
+        if self.attached.iter().any(|(n, _)| n == iface) {
+            return Err(ResponderError::AlreadyAttached(iface.to_string()));
+        }
+        let ifindex = nix::net::if_::if_nametoindex(iface)
+            .map_err(|_| ResponderError::NoInterface(iface.to_string()))?;
         let mac = crate::sys::netdev::mac(iface).map_err(|err| ResponderError::Interface {
             iface: iface.to_string(),
             err,
         })?;
-        self.set_mac(mac)?;
-        attach_named(&mut self.ebpf, PROG_RESPONDER, iface, mode)?;
-        self.attached = Some((iface.to_string(), mode));
+        let before = self.config;
+        // Its MAC is in place before the first frame on it: a MAC set for
+        // every interface (`set_mac`) gives way to the interfaces' own.
+        let mut ifaces: Vec<Iface> = self.config.ifaces[..self.config.n_ifaces as usize]
+            .iter()
+            .filter(|i| i.ifindex != 0 && i.ifindex != ifindex)
+            .copied()
+            .collect();
+        ifaces.push(Iface::new(ifindex, mac));
+        if ifaces.len() > MAX_IFACES {
+            return Err(ResponderError::TooManyInterfaces { max: MAX_IFACES });
+        }
+        self.config.ifaces = [Iface::default(); MAX_IFACES];
+        self.config.ifaces[..ifaces.len()].copy_from_slice(&ifaces);
+        self.config.n_ifaces = ifaces.len() as u32;
+        self.write_config()?;
+        if let Err(e) = attach_named(&mut self.ebpf, PROG_RESPONDER, iface, mode) {
+            self.config.ifaces = before.ifaces;
+            self.config.n_ifaces = before.n_ifaces;
+            self.write_config()?;
+            return Err(e);
+        }
+        self.attached.push((iface.to_string(), mode));
         Ok(())
     }
 
-    pub fn attached(&self) -> Option<&(String, AttachMode)> {
-        self.attached.as_ref()
+    /// The interfaces attached to, in order, and how.
+    pub fn attached(&self) -> &[(String, AttachMode)] {
+        &self.attached
     }
 
     /// Counters summed over CPUs.
