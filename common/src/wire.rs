@@ -133,16 +133,91 @@ pub struct Config {
     pub flags: u32,
     /// Oldest SYN-ACK (by its echoed TSval) whose ACK is still accepted.
     pub ts_max_age_ms: u32,
-    /// The interface's own MAC: only unicast frames to it are answered. All
-    /// zero: not checked (test harnesses; `attach` always sets it).
-    pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// Used entries of `ifaces`. Zero: no MAC is checked (test harnesses;
+    /// `attach` always adds its interface).
+    pub n_ifaces: u32,
+    pub _pad: u32,
+    /// The attached interfaces' own MACs: on each, only unicast frames to
+    /// its MAC are answered.
+    pub ifaces: [Iface; MAX_IFACES],
+}
+
+/// Interfaces one responder can be attached to at most.
+pub const MAX_IFACES: usize = 8;
+
+/// An attached interface and its MAC, as `Config::ifaces` holds them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Iface {
+    /// The MAC's six bytes in memory order in the low 48 bits of a
+    /// little-endian word (`u64::from_le_bytes([m0, .., m5, 0, 0])`): what
+    /// one compare against the frame's destination needs.
+    pub mac: u64,
+    /// The ingress ifindex frames on it carry; 0 matches every interface
+    /// (a MAC set without an attachment, for test harnesses).
+    pub ifindex: u32,
+    pub _pad: u32,
+}
+
+impl Iface {
+    pub const fn new(ifindex: u32, mac: [u8; 6]) -> Self {
+        Iface {
+            mac: u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0]),
+            ifindex,
+            _pad: 0,
+        }
+    }
 }
 
 /// `Config::flags`: verify ACKs for flows with no kernel socket and hand the
 /// valid ones to userspace (`HANDOFF` ring buffer). Off, such ACKs go to the
 /// kernel like any other non-SYN segment.
 pub const FLAG_HANDOFF: u32 = 1;
+/// `Config::flags`: SYNs are checked against the global access list
+/// (`ACL4`/`ACL6`). Off, the SYN path makes no lookup for it.
+pub const FLAG_ACL_GLOBAL: u32 = 2;
+/// `Config::flags`: SYNs are checked against their service's access list
+/// (`SVC_ACL4`/`SVC_ACL6`).
+pub const FLAG_ACL_SERVICE: u32 = 4;
+
+/// Access lists: LPM tries whose value is `ACL_ALLOW` or `ACL_DENY`. The
+/// longest prefix matching a SYN decides; nothing matching allows (userspace
+/// states a list's default deny as a deny entry with a zero-length source
+/// prefix). Any value but `ACL_ALLOW` denies.
+///
+/// Global, IPv4: key data = the source address as in the packet.
+pub const MAP_ACL4: &str = "ACL4";
+/// Global, IPv6: key data = the source address as in the packet.
+pub const MAP_ACL6: &str = "ACL6";
+/// Per service, IPv4: key data = `[port word, service address, source]`
+/// (see `acl_port_word`), prefix length `SVC_ACL4_FIXED_BITS` + the source
+/// prefix, so a service's rules match only SYNs to its own address:port.
+pub const MAP_SVC_ACL4: &str = "SVC_ACL4";
+/// Per service, IPv6: key data = `[port word, service address (4 words),
+/// source (4 words)]`, prefix length `SVC_ACL6_FIXED_BITS` + the source
+/// prefix.
+pub const MAP_SVC_ACL6: &str = "SVC_ACL6";
+pub const ACL_ALLOW: u8 = 1;
+pub const ACL_DENY: u8 = 2;
+/// Entries per access-list map at most (LPM tries allocate per entry).
+pub const ACL_ENTRIES: u32 = 65536;
+/// Key data bits before the source address in the per-service tries: the
+/// port word and the service address.
+pub const SVC_ACL4_FIXED_BITS: u32 = 32 + 32;
+pub const SVC_ACL6_FIXED_BITS: u32 = 32 + 128;
+pub type AclKey4 = u32;
+pub type AclKey6 = [u32; 4];
+pub type SvcAclKey4 = [u32; 3];
+pub type SvcAclKey6 = [u32; 9];
+
+/// The first word of a per-service key: the destination port as the packet
+/// carries it (network order, its two bytes first in memory), then two zero
+/// bytes. `port_be` is the port field as loaded from the packet.
+#[inline(always)]
+pub const fn acl_port_word(port_be: u16) -> u32 {
+    let b = port_be.to_ne_bytes();
+    u32::from_ne_bytes([b[0], b[1], 0, 0])
+}
 
 /// Ring buffer of verified flows for the proxy.
 pub const MAP_HANDOFF: &str = "HANDOFF";
@@ -229,9 +304,13 @@ pub enum Counter {
     /// broadcast, class E, link-local to a global address, the protected
     /// address itself): never answered.
     DropMartian = 14,
+    /// SYNs refused by the global access list: dropped, never answered.
+    DropAclGlobal = 15,
+    /// SYNs refused by their service's access list: dropped, never answered.
+    DropAclService = 16,
 }
 
-pub const COUNTERS: usize = 15;
+pub const COUNTERS: usize = 17;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS] = [
@@ -250,6 +329,8 @@ impl Counter {
         Counter::DropSynAckNoFlow,
         Counter::DropNotUnicast,
         Counter::DropMartian,
+        Counter::DropAclGlobal,
+        Counter::DropAclService,
     ];
 
     /// Stable snake_case name (used in output and, later, metric labels).
@@ -270,6 +351,8 @@ impl Counter {
             Counter::DropSynAckNoFlow => "drop_synack_no_flow",
             Counter::DropNotUnicast => "drop_not_unicast",
             Counter::DropMartian => "drop_martian",
+            Counter::DropAclGlobal => "drop_acl_global",
+            Counter::DropAclService => "drop_acl_service",
         }
     }
 }
@@ -281,6 +364,7 @@ mod pod {
     unsafe impl aya::Pod for super::Addresses {}
     unsafe impl aya::Pod for super::KeySlot {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Iface {}
     unsafe impl aya::Pod for super::BenchFrame {}
     unsafe impl aya::Pod for super::Handoff {}
     unsafe impl aya::Pod for super::RecentKey {}

@@ -49,7 +49,7 @@ pub(crate) fn ack_prepare<A: Answer>(
             ACK_NO_ACK_FLAG
         };
     }
-    if !unicast_to_us(s.macs) {
+    if !unicast_to_us(ctx, s.macs) {
         return ACK_NOT_UNICAST;
     }
     if !read_options(ctx, s, o) {

@@ -14,7 +14,7 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 
-use crate::{synack::Reply, verdict::Verdict};
+use crate::{acl, synack::Reply, verdict::Verdict};
 
 /// Per-family SYN-ACK construction, cookie check and socket lookup.
 pub(crate) trait Answer {
@@ -26,6 +26,9 @@ pub(crate) trait Answer {
     fn check(&self, key: &Key, epoch: u32, cookie: u32, isn: u32, opts: u8) -> Option<u32>;
     /// Whether the source can never open a connection (see `DropMartian`).
     fn martian(&self) -> bool;
+    /// The access lists' verdict on this SYN (`acl::ACL_*`), for the lists
+    /// `flags` (`Config::flags`) turns on.
+    fn acl(&self, flags: u32) -> u32;
     /// 4 or 6.
     fn family(&self) -> u8;
     /// Addresses and family for a handoff event.
@@ -78,6 +81,11 @@ impl Answer for V4 {
         // the protected address itself.
         let first = (self.0.saddr >> 24) as u8;
         first == 0 || first == 127 || first >= 224 || self.0.saddr == self.0.daddr
+    }
+
+    #[inline(always)]
+    fn acl(&self, flags: u32) -> u32 {
+        acl::v4(self.1, self.2, self.0.dport.to_be(), flags)
     }
 
     #[inline(always)]
@@ -146,6 +154,12 @@ impl Answer for V6 {
     }
 
     #[inline(always)]
+    fn acl(&self, flags: u32) -> u32 {
+        let (s, d, _) = self.addrs();
+        acl::v6(&s, &d, self.0.dport.to_be(), flags)
+    }
+
+    #[inline(always)]
     fn addrs(&self) -> ([u32; 4], [u32; 4], u8) {
         let w = |h: &[u64; 2]| {
             [
@@ -176,6 +190,13 @@ pub(crate) const SOCK_TIME_WAIT: u32 = 2;
 #[inline(never)]
 pub(crate) fn sock_state<A: Answer>(ctx: &XdpContext, addrs: &A) -> u32 {
     addrs.sock_state(ctx)
+}
+
+/// The SYN's access-list verdict, `acl::ACL_*`, for the lists `flags`
+/// turns on. Its own BPF function: the lookup keys get a frame of their own.
+#[inline(never)]
+pub(crate) fn acl_verdict<A: Answer>(addrs: &A, flags: u32) -> u32 {
+    addrs.acl(flags)
 }
 
 /// The namespace's TCP socket for this exact flow, as `SOCK_*`: live

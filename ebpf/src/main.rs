@@ -22,6 +22,8 @@
 
 // Helpers.
 #[cfg(target_arch = "bpf")]
+mod acl;
+#[cfg(target_arch = "bpf")]
 mod family;
 #[cfg(target_arch = "bpf")]
 mod maps;

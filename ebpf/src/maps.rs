@@ -2,12 +2,13 @@
 //! Layouts live in `ackgate_common::wire`.
 
 use ackgate_common::wire::{
-    Addresses, Config, KeySlot, RecentKey, RecentSynAck, COUNTERS as N_COUNTERS,
-    HANDOFF_RING_BYTES, KEY_SLOTS, PORTS_ENTRIES, RECENT_ENTRIES,
+    AclKey4, AclKey6, Addresses, Config, KeySlot, RecentKey, RecentSynAck, SvcAclKey4, SvcAclKey6,
+    ACL_ENTRIES, COUNTERS as N_COUNTERS, HANDOFF_RING_BYTES, KEY_SLOTS, PORTS_ENTRIES,
+    RECENT_ENTRIES,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 
 /// The protected addresses.
@@ -31,3 +32,13 @@ pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(N_C
 /// Verified ACKs for userspace to take over.
 #[map]
 pub(crate) static HANDOFF: RingBuf = RingBuf::with_byte_size(HANDOFF_RING_BYTES, 0);
+/// The global access list, by source prefix (see `wire::MAP_ACL4`).
+#[map]
+pub(crate) static ACL4: LpmTrie<AclKey4, u8> = LpmTrie::with_max_entries(ACL_ENTRIES, 0);
+#[map]
+pub(crate) static ACL6: LpmTrie<AclKey6, u8> = LpmTrie::with_max_entries(ACL_ENTRIES, 0);
+/// Per-service access lists, by service address:port then source prefix.
+#[map]
+pub(crate) static SVC_ACL4: LpmTrie<SvcAclKey4, u8> = LpmTrie::with_max_entries(ACL_ENTRIES, 0);
+#[map]
+pub(crate) static SVC_ACL6: LpmTrie<SvcAclKey6, u8> = LpmTrie::with_max_entries(ACL_ENTRIES, 0);

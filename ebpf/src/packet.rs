@@ -8,6 +8,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
+use ackgate_common::wire::MAX_IFACES;
+
 use crate::maps::CONFIG;
 
 pub(crate) const ETH_HLEN: usize = 14;
@@ -100,10 +102,13 @@ pub(crate) fn mac_word(eth: &[u16; 7]) -> u64 {
     eth[0] as u64 | (eth[1] as u64) << 16 | (eth[2] as u64) << 32 | src_group << 48
 }
 
-/// Whether the frame came to this interface's own unicast MAC from a
-/// unicast source: the only frames ackgate answers or hands off.
+/// Whether the frame came to its interface's own unicast MAC from a
+/// unicast source: the only frames ackgate answers or hands off. Each
+/// attached interface has its MAC in `Config::ifaces`, found by the ingress
+/// ifindex in a bounded scan (an entry with ifindex 0 applies to every
+/// interface; no entries: no MAC is checked).
 #[inline(always)]
-pub(crate) fn unicast_to_us(macs: u64) -> bool {
+pub(crate) fn unicast_to_us(ctx: &XdpContext, macs: u64) -> bool {
     const DST: u64 = 0xffff_ffff_ffff;
     if macs & (1 << 48) != 0 || macs & 0x01 != 0 {
         return false;
@@ -111,9 +116,24 @@ pub(crate) fn unicast_to_us(macs: u64) -> bool {
     let Some(cfg) = CONFIG.get(0) else {
         return false;
     };
-    let m = cfg.mac;
-    let own = u64::from_le_bytes([m[0], m[1], m[2], m[3], m[4], m[5], 0, 0]);
-    own == 0 || own == macs & DST
+    let n = cfg.n_ifaces;
+    if n == 0 {
+        return true;
+    }
+    // SAFETY: the context of the running program.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let mut i = 0;
+    while i < MAX_IFACES {
+        if i as u32 >= n {
+            return false;
+        }
+        let e = &cfg.ifaces[i];
+        if e.ifindex == ifindex || e.ifindex == 0 {
+            return e.mac == macs & DST;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// A TCP segment to a protected service, as the SYN and ACK paths need it.

@@ -3,7 +3,7 @@
 
 use ackgate_common::{
     options::SynOptions,
-    wire::{Counter, FLAG_HANDOFF},
+    wire::{Counter, FLAG_ACL_GLOBAL, FLAG_ACL_SERVICE, FLAG_HANDOFF},
 };
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
@@ -15,7 +15,8 @@ use crate::{
         ack_prepare, verify_ack, ACK_CONTINUE, ACK_CONTINUE_TIME_WAIT, ACK_NOT_UNICAST,
         ACK_NO_ACK_FLAG, ACK_RST, ACK_SOCKET,
     },
-    family::{sock_state, Answer, SOCK_LIVE},
+    acl::{ACL_REFUSED_GLOBAL, ACL_REFUSED_SERVICE},
+    family::{acl_verdict, sock_state, Answer, SOCK_LIVE},
     maps::CONFIG,
     options::read_options,
     packet::{ptr_at, unicast_to_us, Seg, ACK, FIN, RST, SYN, TCP_HLEN},
@@ -110,9 +111,8 @@ fn tcp_inner<A: Answer>(
     // SYN-ACK for one of its own connects; any other SYN-ACK is dropped, so
     // a spoofed SYN-ACK flood is neither answered with RSTs nor costs the
     // stack.
-    let live = sock_state(ctx, addrs) == SOCK_LIVE;
     if flags & ACK != 0 {
-        return if live {
+        return if sock_state(ctx, addrs) == SOCK_LIVE {
             (XDP_PASS, Counter::ProtectedPassed)
         } else {
             (XDP_DROP, Counter::DropSynAckNoFlow)
@@ -126,13 +126,26 @@ fn tcp_inner<A: Answer>(
     if seg_end > ctx.data_end() - ctx.data() {
         return (XDP_DROP, Counter::DropMalformed);
     }
-    if !unicast_to_us(seg.macs) {
+    if !unicast_to_us(ctx, seg.macs) {
         return (XDP_DROP, Counter::DropNotUnicast);
     }
     if addrs.martian() {
         return (XDP_DROP, Counter::DropMartian);
     }
-    if live {
+    // Access lists before the socket lookup and any cookie work: a refused
+    // source costs one trie lookup. No list configured: not even that.
+    let acl = match CONFIG.get(0) {
+        Some(c) => c.flags & (FLAG_ACL_GLOBAL | FLAG_ACL_SERVICE),
+        None => 0,
+    };
+    if acl != 0 {
+        match acl_verdict(addrs, acl) {
+            ACL_REFUSED_GLOBAL => return (XDP_DROP, Counter::DropAclGlobal),
+            ACL_REFUSED_SERVICE => return (XDP_DROP, Counter::DropAclService),
+            _ => {}
+        }
+    }
+    if sock_state(ctx, addrs) == SOCK_LIVE {
         return (XDP_PASS, Counter::ProtectedPassed);
     }
     // Options first, then the reply: sequential calls, frames not stacked.

@@ -66,7 +66,7 @@ const DURATION_BUCKETS: [f64; 12] = [
 type Label = Option<(&'static str, &'static str)>;
 
 /// XDP counters as (counter, metric, label).
-pub const XDP_SERIES: [(Xdp, &str, Label); 15] = [
+pub const XDP_SERIES: [(Xdp, &str, Label); 17] = [
     (Xdp::SynAnswered, XDP_SYNS_ANSWERED, None),
     (Xdp::AckVerified, XDP_ACKS_VERIFIED, None),
     (Xdp::AckRejected, XDP_ACKS_REJECTED, None),
@@ -118,6 +118,16 @@ pub const XDP_SERIES: [(Xdp, &str, Label); 15] = [
         Some(("reason", "not_unicast")),
     ),
     (Xdp::DropMartian, XDP_DROPPED, Some(("reason", "martian"))),
+    (
+        Xdp::DropAclGlobal,
+        XDP_DROPPED,
+        Some(("reason", "acl_global")),
+    ),
+    (
+        Xdp::DropAclService,
+        XDP_DROPPED,
+        Some(("reason", "acl_service")),
+    ),
 ];
 
 /// Handoff failure reasons (see `HandoffError::reason`; `accept` is a failed

@@ -2,26 +2,37 @@
 //! attachment. Only the product program is loaded; the harness programs
 //! the tests and the bench use live in their own object (`ackgate-lab`).
 
+pub mod acl;
 pub mod counters;
 pub mod ring;
 pub mod secret;
 
-use std::{fmt, net::SocketAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
 
 use ackgate_common::wire::{
-    Addresses, Config, KeySlot, RecentKey, RecentSynAck, COUNTERS, FLAG_HANDOFF, KEY_SLOTS,
-    MAP_ADDRS, MAP_CONFIG, MAP_COUNTERS, MAP_HANDOFF, MAP_KEYS, MAP_PORTS, MAP_RECENT,
-    PROG_RESPONDER, SERVER_FIRST_SHIFT, V6_PORT_BIT,
+    AclKey4, AclKey6, Addresses, Config, Iface, KeySlot, RecentKey, RecentSynAck, SvcAclKey4,
+    SvcAclKey6, COUNTERS, FLAG_ACL_GLOBAL, FLAG_ACL_SERVICE, FLAG_HANDOFF, KEY_SLOTS, MAP_ACL4,
+    MAP_ACL6, MAP_ADDRS, MAP_CONFIG, MAP_COUNTERS, MAP_HANDOFF, MAP_KEYS, MAP_PORTS, MAP_RECENT,
+    MAP_SVC_ACL4, MAP_SVC_ACL6, MAX_ADDRS_V4, MAX_ADDRS_V6, MAX_IFACES, PROG_RESPONDER,
+    SERVER_FIRST_SHIFT, V6_PORT_BIT,
 };
 use aya::{
-    maps::{Array, MapError, PerCpuArray, RingBuf},
+    maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
     programs::{ProgramError, Xdp, XdpMode},
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, Pod,
 };
 use thiserror::Error;
 
+pub use self::acl::{AccessList, AclError, Cidr, CidrError};
 pub use self::counters::Counters;
-use self::secret::Secret;
+use self::{
+    acl::{Tables, Trie},
+    secret::Secret,
+};
 use crate::sys::clock::cookie_clock_ms;
 
 /// The XDP object built by build.rs from `ebpf/`.
@@ -117,6 +128,14 @@ pub enum ResponderError {
     },
     #[error("at most {max} protected {family} addresses")]
     TooManyAddresses { family: &'static str, max: usize },
+    #[error("cannot protect {0}: the address must be a unicast address and the port non-zero")]
+    Unprotectable(SocketAddr),
+    #[error("already attached to {0}")]
+    AlreadyAttached(String),
+    #[error("attached to {max} interfaces already, the most one responder serves")]
+    TooManyInterfaces { max: usize },
+    #[error("access lists: {0}")]
+    Acl(#[from] AclError),
     #[error("BPF map {name}: {err}")]
     Map { name: &'static str, err: MapError },
 }
@@ -128,9 +147,12 @@ type Result<T> = std::result::Result<T, ResponderError>;
 /// crash also hands traffic back to the kernel instead of black-holing it.
 pub struct Responder {
     ebpf: Ebpf,
-    attached: Option<(String, AttachMode)>,
+    attached: Vec<(String, AttachMode)>,
     /// What userspace last wrote to `CONFIG`.
     config: Config,
+    /// The protected services `ADDRS` and `PORTS` hold (this process is
+    /// their only writer), and whether each speaks first.
+    services: BTreeMap<SocketAddr, bool>,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> ResponderError {
@@ -173,8 +195,9 @@ impl Responder {
         load_program(&mut ebpf, PROG_RESPONDER)?;
         Ok(Responder {
             ebpf,
-            attached: None,
+            attached: Vec::new(),
             config: Config::default(),
+            services: BTreeMap::new(),
         })
     }
 
@@ -192,8 +215,9 @@ impl Responder {
         })
     }
 
-    /// Protects `addr` (IPv4 or IPv6, port > 0). Up to 16 addresses per
-    /// family, any number of ports each.
+    /// Protects `addr` (IPv4 or IPv6, port > 0) in addition to the services
+    /// already protected. Up to 16 addresses per family, any number of
+    /// ports each.
     pub fn add_service(&mut self, addr: SocketAddr) -> Result<()> {
         self.add_service_with(addr, false)
     }
@@ -206,31 +230,209 @@ impl Responder {
     }
 
     fn add_service_with(&mut self, addr: SocketAddr, server_first: bool) -> Result<()> {
+        let mut all: Vec<(SocketAddr, bool)> = self.services().collect();
+        all.push((addr, server_first));
+        self.set_services(&all)
+    }
+
+    /// The protected services, and whether each speaks first.
+    pub fn services(&self) -> impl Iterator<Item = (SocketAddr, bool)> + '_ {
+        self.services.iter().map(|(a, f)| (*a, *f))
+    }
+
+    /// Makes `services` (address:port, server first) the protected set, in
+    /// place, while the program runs (a reload): an address that stays keeps
+    /// its slot in `ADDRS`, a new one takes a free slot, a removed one is
+    /// cleared. Port bits are added before the addresses change and removed
+    /// after, so a service in both sets is protected at every instant, and
+    /// a new address never inherits a removed one's ports. A service listed
+    /// twice speaks first if either says so. More addresses than the slots
+    /// is an error that leaves the old set in force.
+    pub fn set_services(&mut self, services: &[(SocketAddr, bool)]) -> Result<()> {
+        let want = service_set(services)?;
+        self.replace_services(want)
+    }
+
+    fn replace_services(&mut self, want: BTreeMap<SocketAddr, bool>) -> Result<()> {
+        let ips: BTreeSet<IpAddr> = want.keys().map(|a| a.ip()).collect();
+        // New addresses take slots that were free before this update; if
+        // the only free ones are those removed addresses leave, a first pass
+        // removes those (and adds what fits), a second adds the rest.
+        let cur = self.addresses()?;
+        let (slots, all_placed) = place(&cur, &ips);
+        if !all_placed {
+            let placed: BTreeMap<SocketAddr, bool> = want
+                .iter()
+                .filter(|(a, _)| slot_of(&slots, a.ip()).is_some())
+                .map(|(a, f)| (*a, *f))
+                .collect();
+            self.apply_services(&cur, &slots, placed)?;
+            let cur = slots;
+            let (slots, all_placed) = place(&cur, &ips);
+            debug_assert!(all_placed, "every slot a removed address held is free");
+            return self.apply_services(&cur, &slots, want);
+        }
+        self.apply_services(&cur, &slots, want)
+    }
+
+    /// `ADDRS` as the program sees it.
+    fn addresses(&self) -> Result<Addresses> {
         let am: Array<_, Addresses> =
-            Array::try_from(self.map_mut(MAP_ADDRS)?).map_err(map_err(MAP_ADDRS))?;
-        let mut a = am.get(&0, 0).map_err(map_err(MAP_ADDRS))?;
-        let bit = match ring::words(addr.ip()) {
-            ([w, ..], 4) => slot_for(&mut a.v4, &mut a.n4, w, "IPv4")?,
-            (w, _) => V6_PORT_BIT + slot_for(&mut a.v6, &mut a.n6, w, "IPv6")?,
-        };
-        // Port bit first, then the address that makes it reachable.
+            Array::try_from(self.map(MAP_ADDRS)?).map_err(map_err(MAP_ADDRS))?;
+        am.get(&0, 0).map_err(map_err(MAP_ADDRS))
+    }
+
+    /// From `cur` to `next` slots and from `self.services` to `want` (whose
+    /// addresses all have a slot in `next`): port bits added, the address
+    /// slots written, port bits removed.
+    fn apply_services(
+        &mut self,
+        cur: &Addresses,
+        next: &Addresses,
+        want: BTreeMap<SocketAddr, bool>,
+    ) -> Result<()> {
+        let old = port_bits(cur, &self.services);
+        let new = port_bits(next, &want);
+        let ports: BTreeSet<u16> = old.keys().chain(new.keys()).copied().collect();
+        let bits = |m: &BTreeMap<u16, u64>, p: u16| m.get(&p).copied().unwrap_or(0);
         {
             let mut pm: Array<_, u64> =
                 Array::try_from(self.map_mut(MAP_PORTS)?).map_err(map_err(MAP_PORTS))?;
-            let mut bits = pm
-                .get(&(addr.port() as u32), 0)
-                .map_err(map_err(MAP_PORTS))?
-                | (1 << bit);
-            if server_first {
-                bits |= 1 << (SERVER_FIRST_SHIFT + bit);
+            for &p in &ports {
+                let (o, n) = (bits(&old, p), bits(&new, p));
+                if o | n != o {
+                    pm.set(p as u32, o | n, 0).map_err(map_err(MAP_PORTS))?;
+                }
             }
-            pm.set(addr.port() as u32, bits, 0)
-                .map_err(map_err(MAP_PORTS))?;
         }
-        let mut am: Array<_, Addresses> =
-            Array::try_from(self.map_mut(MAP_ADDRS)?).map_err(map_err(MAP_ADDRS))?;
-        am.set(0, a, 0).map_err(map_err(MAP_ADDRS))?;
+        if next != cur {
+            let mut am: Array<_, Addresses> =
+                Array::try_from(self.map_mut(MAP_ADDRS)?).map_err(map_err(MAP_ADDRS))?;
+            am.set(0, *next, 0).map_err(map_err(MAP_ADDRS))?;
+        }
+        {
+            let mut pm: Array<_, u64> =
+                Array::try_from(self.map_mut(MAP_PORTS)?).map_err(map_err(MAP_PORTS))?;
+            for &p in &ports {
+                let (o, n) = (bits(&old, p), bits(&new, p));
+                if o | n != n {
+                    pm.set(p as u32, n, 0).map_err(map_err(MAP_PORTS))?;
+                }
+            }
+        }
+        self.services = want;
         Ok(())
+    }
+
+    /// Installs access lists in place of the ones installed, while the
+    /// program runs: `global` for every SYN, then each `(address:port,
+    /// list)` for SYNs to that protected service (a service with several
+    /// addresses or ports is listed once per address:port; a list's entries
+    /// of the other family than the address are ignored). Semantics in
+    /// [`acl`]. New and changed entries are written first (longest prefix
+    /// first) and a list's lookups turned on once it is complete; lookups
+    /// of a list that becomes empty are turned off, then stale entries
+    /// deleted (shortest first): a source whose verdict the new lists do
+    /// not change is never refused or let in in between. Empty lists cost
+    /// the SYN path no lookup. Entries for an address:port that is not
+    /// protected (yet) are inert.
+    ///
+    /// For a reload that also changes services, [`Responder::reconfigure`]
+    /// orders both so that no service is ever protected without its list.
+    pub fn set_acl(
+        &mut self,
+        global: &AccessList,
+        per_service: &[(SocketAddr, &AccessList)],
+    ) -> Result<()> {
+        let t = Tables::build(global, per_service)?;
+        self.acl_insert(&t)?;
+        self.acl_prune(&t)
+    }
+
+    /// A reload's XDP side: the services and access lists of a new
+    /// configuration, in place. Entries of the new lists are written and
+    /// their lookups turned on before the new services are protected;
+    /// services are replaced as [`Responder::set_services`] does; then the
+    /// lookups of lists that became empty are turned off and stale entries
+    /// deleted. A service present before and after is protected throughout,
+    /// and never without its list. Invalid lists or too many addresses are
+    /// refused before anything changes.
+    pub fn reconfigure(
+        &mut self,
+        services: &[(SocketAddr, bool)],
+        global: &AccessList,
+        per_service: &[(SocketAddr, &AccessList)],
+    ) -> Result<()> {
+        let t = Tables::build(global, per_service)?;
+        let want = service_set(services)?;
+        self.acl_insert(&t)?;
+        self.replace_services(want)?;
+        self.acl_prune(&t)
+    }
+
+    fn trie<K: Pod + Ord>(&mut self, name: &'static str) -> Result<Trie<&mut MapData, K>> {
+        let map = LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        Ok(Trie { map })
+    }
+
+    fn installed<K: Pod + Ord>(&self, name: &'static str) -> Result<usize> {
+        let map = LpmTrie::try_from(self.map(name)?).map_err(map_err(name))?;
+        let t: Trie<&MapData, K> = Trie { map };
+        Ok(t.installed().map_err(map_err(name))?.len())
+    }
+
+    /// Writes new and changed entries, then turns on the lookups of the
+    /// lists that have entries.
+    fn acl_insert(&mut self, t: &Tables) -> Result<()> {
+        self.trie(MAP_ACL4)?
+            .insert(&t.global4)
+            .map_err(map_err(MAP_ACL4))?;
+        self.trie(MAP_ACL6)?
+            .insert(&t.global6)
+            .map_err(map_err(MAP_ACL6))?;
+        self.trie(MAP_SVC_ACL4)?
+            .insert(&t.service4)
+            .map_err(map_err(MAP_SVC_ACL4))?;
+        self.trie(MAP_SVC_ACL6)?
+            .insert(&t.service6)
+            .map_err(map_err(MAP_SVC_ACL6))?;
+        let on = acl_flags(t);
+        if self.config.flags & on != on {
+            self.config.flags |= on;
+            self.write_config()?;
+        }
+        Ok(())
+    }
+
+    /// Turns off the lookups of the lists that are empty, then deletes the
+    /// stale entries.
+    fn acl_prune(&mut self, t: &Tables) -> Result<()> {
+        let off = (FLAG_ACL_GLOBAL | FLAG_ACL_SERVICE) & !acl_flags(t);
+        if self.config.flags & off != 0 {
+            self.config.flags &= !off;
+            self.write_config()?;
+        }
+        self.trie(MAP_ACL4)?
+            .prune(&t.global4)
+            .map_err(map_err(MAP_ACL4))?;
+        self.trie(MAP_ACL6)?
+            .prune(&t.global6)
+            .map_err(map_err(MAP_ACL6))?;
+        self.trie(MAP_SVC_ACL4)?
+            .prune(&t.service4)
+            .map_err(map_err(MAP_SVC_ACL4))?;
+        self.trie(MAP_SVC_ACL6)?
+            .prune(&t.service6)
+            .map_err(map_err(MAP_SVC_ACL6))
+    }
+
+    /// Entries in the access-list maps, as (global, per service), default
+    /// denies included.
+    pub fn acl_rules(&self) -> Result<(usize, usize)> {
+        let global = self.installed::<AclKey4>(MAP_ACL4)? + self.installed::<AclKey6>(MAP_ACL6)?;
+        let service = self.installed::<SvcAclKey4>(MAP_SVC_ACL4)?
+            + self.installed::<SvcAclKey6>(MAP_SVC_ACL6)?;
+        Ok((global, service))
     }
 
     /// Writes the key slots for `epoch - 1 ..= epoch + 1`, makes `epoch` the
@@ -264,8 +466,7 @@ impl Responder {
                 clock_ms: cookie_clock_ms(),
                 flags: self.config.flags,
                 ts_max_age_ms: settings.ts_max_age_ms,
-                mac: self.config.mac,
-                _pad: [0; 2],
+                ..self.config
             };
             self.write_config()?;
         }
@@ -333,28 +534,60 @@ impl Responder {
         cfg.set(0, c, 0).map_err(map_err(MAP_CONFIG))
     }
 
-    /// The MAC frames must be addressed to for ackgate to answer them
-    /// (`attach` sets the interface's own); all zero checks nothing.
+    /// The MAC frames must be addressed to for ackgate to answer them, on
+    /// every interface, in place of the attached interfaces' own (`attach`
+    /// sets those); all zero checks nothing. For test harnesses.
     pub fn set_mac(&mut self, mac: [u8; 6]) -> Result<()> {
-        self.config.mac = mac;
+        let n = usize::from(mac != [0; 6]);
+        self.config.ifaces = [Iface::default(); MAX_IFACES];
+        self.config.ifaces[0] = Iface::new(0, mac);
+        self.config.n_ifaces = n as u32;
         self.write_config()
     }
 
     /// Attaches to `iface` (in the calling thread's network namespace), and
-    /// answers only frames to its MAC from then on.
+    /// answers only frames to its MAC on it from then on. Call it once per
+    /// interface to protect several (up to 8): one program and one set of
+    /// maps serve them all, each interface checked against its own MAC.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
+        if self.attached.iter().any(|(n, _)| n == iface) {
+            return Err(ResponderError::AlreadyAttached(iface.to_string()));
+        }
+        let ifindex = nix::net::if_::if_nametoindex(iface)
+            .map_err(|_| ResponderError::NoInterface(iface.to_string()))?;
         let mac = crate::sys::netdev::mac(iface).map_err(|err| ResponderError::Interface {
             iface: iface.to_string(),
             err,
         })?;
-        self.set_mac(mac)?;
-        attach_named(&mut self.ebpf, PROG_RESPONDER, iface, mode)?;
-        self.attached = Some((iface.to_string(), mode));
+        let before = self.config;
+        // Its MAC is in place before the first frame on it: a MAC set for
+        // every interface (`set_mac`) gives way to the interfaces' own.
+        let mut ifaces: Vec<Iface> = self.config.ifaces[..self.config.n_ifaces as usize]
+            .iter()
+            .filter(|i| i.ifindex != 0 && i.ifindex != ifindex)
+            .copied()
+            .collect();
+        ifaces.push(Iface::new(ifindex, mac));
+        if ifaces.len() > MAX_IFACES {
+            return Err(ResponderError::TooManyInterfaces { max: MAX_IFACES });
+        }
+        self.config.ifaces = [Iface::default(); MAX_IFACES];
+        self.config.ifaces[..ifaces.len()].copy_from_slice(&ifaces);
+        self.config.n_ifaces = ifaces.len() as u32;
+        self.write_config()?;
+        if let Err(e) = attach_named(&mut self.ebpf, PROG_RESPONDER, iface, mode) {
+            self.config.ifaces = before.ifaces;
+            self.config.n_ifaces = before.n_ifaces;
+            self.write_config()?;
+            return Err(e);
+        }
+        self.attached.push((iface.to_string(), mode));
         Ok(())
     }
 
-    pub fn attached(&self) -> Option<&(String, AttachMode)> {
-        self.attached.as_ref()
+    /// The interfaces attached to, in order, and how.
+    pub fn attached(&self) -> &[(String, AttachMode)] {
+        &self.attached
     }
 
     /// Counters summed over CPUs.
@@ -384,24 +617,130 @@ impl Responder {
     }
 }
 
-/// The slot holding `w` among the `n` used ones, or a new one after them.
-fn slot_for<T: PartialEq + Copy>(
-    slots: &mut [T],
-    n: &mut u32,
-    w: T,
-    family: &'static str,
-) -> Result<u32> {
-    let used = *n as usize;
-    let i = slots[..used].iter().position(|x| *x == w).unwrap_or(used);
-    if i == slots.len() {
+/// `services` as a set (server first if any entry says so), checked:
+/// protectable addresses, within the slots.
+fn service_set(services: &[(SocketAddr, bool)]) -> Result<BTreeMap<SocketAddr, bool>> {
+    let mut want: BTreeMap<SocketAddr, bool> = BTreeMap::new();
+    for &(a, server_first) in services {
+        let ip = a.ip();
+        let broadcast = matches!(ip, IpAddr::V4(v) if v.is_broadcast());
+        if a.port() == 0 || ip.is_unspecified() || ip.is_multicast() || broadcast {
+            return Err(ResponderError::Unprotectable(a));
+        }
+        *want.entry(a).or_default() |= server_first;
+    }
+    let ips: BTreeSet<IpAddr> = want.keys().map(|a| a.ip()).collect();
+    let n4 = ips.iter().filter(|a| a.is_ipv4()).count();
+    if n4 > MAX_ADDRS_V4 {
         return Err(ResponderError::TooManyAddresses {
-            family,
-            max: slots.len(),
+            family: "IPv4",
+            max: MAX_ADDRS_V4,
         });
     }
-    slots[i] = w;
-    *n = (*n).max(i as u32 + 1);
-    Ok(i as u32)
+    if ips.len() - n4 > MAX_ADDRS_V6 {
+        return Err(ResponderError::TooManyAddresses {
+            family: "IPv6",
+            max: MAX_ADDRS_V6,
+        });
+    }
+    Ok(want)
+}
+
+/// The `PORTS` bit index of `ip` in `a`.
+fn slot_of(a: &Addresses, ip: IpAddr) -> Option<u32> {
+    match ring::words(ip) {
+        ([w, ..], 4) => a.v4[..a.n4 as usize]
+            .iter()
+            .position(|x| *x == w)
+            .map(|i| i as u32),
+        (w, _) => a.v6[..a.n6 as usize]
+            .iter()
+            .position(|x| *x == w)
+            .map(|i| V6_PORT_BIT + i as u32),
+    }
+}
+
+/// `PORTS` contents for `services` placed as in `a`.
+fn port_bits(a: &Addresses, services: &BTreeMap<SocketAddr, bool>) -> BTreeMap<u16, u64> {
+    let mut out = BTreeMap::new();
+    for (s, server_first) in services {
+        let Some(bit) = slot_of(a, s.ip()) else {
+            continue;
+        };
+        let b = out.entry(s.port()).or_insert(0u64);
+        *b |= 1 << bit;
+        if *server_first {
+            *b |= 1 << (SERVER_FIRST_SHIFT + bit);
+        }
+    }
+    out
+}
+
+/// The slots for `ips` after `cur`: an address in `cur` keeps its slot, one
+/// not in `ips` is cleared (zero: matches no packet; its port bits are
+/// cleared too), a new one takes a slot that is free in `cur`. Whether all
+/// of `ips` found one.
+fn place(cur: &Addresses, ips: &BTreeSet<IpAddr>) -> (Addresses, bool) {
+    let mut a = *cur;
+    let v4: Vec<u32> = ips.iter().filter_map(|ip| four(*ip)).collect();
+    let v6: Vec<[u32; 4]> = ips.iter().filter_map(|ip| six(*ip)).collect();
+    let ok4 = place_family(&mut a.v4, &mut a.n4, &v4, 0);
+    let ok6 = place_family(&mut a.v6, &mut a.n6, &v6, [0; 4]);
+    (a, ok4 && ok6)
+}
+
+fn four(ip: IpAddr) -> Option<u32> {
+    match ring::words(ip) {
+        ([w, ..], 4) => Some(w),
+        _ => None,
+    }
+}
+
+fn six(ip: IpAddr) -> Option<[u32; 4]> {
+    match ring::words(ip) {
+        (w, 6) => Some(w),
+        _ => None,
+    }
+}
+
+fn place_family<T: PartialEq + Copy>(slots: &mut [T], n: &mut u32, want: &[T], free: T) -> bool {
+    let used = *n as usize;
+    // Free before this update: past the used ones, or cleared earlier.
+    let was_free: Vec<bool> = (0..slots.len())
+        .map(|i| i >= used || slots[i] == free)
+        .collect();
+    for s in slots[..used].iter_mut() {
+        if !want.contains(s) {
+            *s = free;
+        }
+    }
+    let mut all = true;
+    for w in want {
+        if slots[..used].contains(w) {
+            continue;
+        }
+        match (0..slots.len()).find(|&i| was_free[i] && slots[i] == free) {
+            Some(i) => slots[i] = *w,
+            None => all = false,
+        }
+    }
+    *n = slots
+        .iter()
+        .rposition(|s| *s != free)
+        .map_or(0, |i| i as u32 + 1);
+    all
+}
+
+/// The `Config::flags` bits turning on the lookups `t` needs.
+fn acl_flags(t: &Tables) -> u32 {
+    let mut f = 0;
+    if !t.global4.is_empty() || !t.global6.is_empty() {
+        f |= FLAG_ACL_GLOBAL;
+    }
+    if !t.service4.is_empty() || !t.service6.is_empty() {
+        f |= FLAG_ACL_SERVICE;
+    }
+    f
 }
 
 pub fn attach_named(ebpf: &mut Ebpf, prog: &str, iface: &str, mode: AttachMode) -> Result<()> {
