@@ -21,7 +21,7 @@ use thiserror::Error;
 
 use crate::{
     relay::proxyproto,
-    xdp::{AttachMode, Settings},
+    xdp::{AccessList, AttachMode, Cidr, Settings},
 };
 
 /// Cookie epoch, seconds.
@@ -99,6 +99,16 @@ pub struct RunArgs {
     /// client whose ACK was lost waits for a banner forever. Repeatable.
     #[arg(long = "server-first", value_name = "ADDR:PORT", value_parser = parse_listen)]
     pub server_first: Vec<SocketAddr>,
+    /// Answer SYNs only from this network (CIDR, e.g. 10.0.0.0/8 or
+    /// 2001:db8::/32; repeatable): with any --allow, everyone else is
+    /// refused in XDP. The longest matching prefix of --allow and --deny
+    /// decides. Applies to every service.
+    #[arg(long = "allow", value_name = "CIDR")]
+    pub allow: Vec<Cidr>,
+    /// Drop SYNs from this network in XDP, before any cookie work
+    /// (repeatable). Applies to every service.
+    #[arg(long = "deny", value_name = "CIDR")]
+    pub deny: Vec<Cidr>,
     /// File with the 128-bit master secret as 32 hex digits (mode 600).
     /// Instances sharing it accept each other's cookies. Random if omitted.
     #[arg(long, value_name = "FILE")]
@@ -220,6 +230,9 @@ pub struct FileConfig {
     pub metrics: Option<String>,
     pub log_level: Option<String>,
     pub limits: Option<Limits>,
+    /// Access lists for every service (CIDRs).
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
     #[serde(rename = "service")]
     pub services: Option<Vec<ServiceFile>>,
 }
@@ -250,6 +263,9 @@ pub struct ServiceFile {
     /// The server speaks first (SSH, SMTP): SYN-ACKs are retransmitted.
     pub server_first: Option<bool>,
     pub proxy_protocol: Option<proxyproto::Mode>,
+    /// This service's own access lists, after the global ones.
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
     pub limits: Option<ServiceLimits>,
 }
 
@@ -304,6 +320,8 @@ pub struct Plan {
     /// to what the file descriptor limit allows.
     pub max_connections_set: bool,
     pub grace: Duration,
+    /// Every service's access list (XDP, before any cookie work).
+    pub acl: AccessList,
     /// Prefix lengths sources are counted by.
     pub source_prefix_v4: u8,
     pub source_prefix_v6: u8,
@@ -327,6 +345,8 @@ pub struct Service {
     /// New connections per second per source; 0: no limit.
     pub per_source_rate: u32,
     pub first_byte_timeout: Duration,
+    /// This service's access list, checked after the global one.
+    pub acl: AccessList,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -430,6 +450,31 @@ impl Scope<'_> {
             .enumerate()
             .map(|(i, s)| parse(s).map_err(|e| invalid(format!("{}[{i}]: {e}", self.key(key)))))
             .collect()
+    }
+
+    /// An access list from `allow`/`deny` string lists.
+    fn acl(
+        &self,
+        allow: Option<&[String]>,
+        deny: Option<&[String]>,
+    ) -> Result<AccessList, ConfigError> {
+        let parse = |key: &str, list: Option<&[String]>| {
+            list.unwrap_or(&[])
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    c.parse::<Cidr>()
+                        .map_err(|e| invalid(format!("{}[{i}]: {e}", self.key(key))))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let acl = AccessList {
+            allow: parse("allow", allow)?,
+            deny: parse("deny", deny)?,
+        };
+        acl.validate()
+            .map_err(|e| invalid(format!("{}: {e}", self.key("allow/deny"))))?;
+        Ok(acl)
     }
 
     fn backends(&self, list: &[BackendEntry]) -> Result<Vec<Backend>, ConfigError> {
@@ -557,6 +602,17 @@ impl Plan {
                 .unwrap_or(STATS_INTERVAL_SECS),
             STATS_INTERVAL_SECS_RANGE,
         )?;
+        let acl = if a.allow.is_empty() && a.deny.is_empty() {
+            Scope(None).acl(f.allow.as_deref(), f.deny.as_deref())?
+        } else {
+            let acl = AccessList {
+                allow: a.allow.clone(),
+                deny: a.deny.clone(),
+            };
+            acl.validate()
+                .map_err(|e| invalid(format!("--allow/--deny: {e}")))?;
+            acl
+        };
         let mode = match a.xdp_mode.or(f.xdp_mode).unwrap_or(XdpModeArg::Native) {
             XdpModeArg::Native => Some(AttachMode::Native),
             XdpModeArg::Skb => Some(AttachMode::Skb),
@@ -567,6 +623,11 @@ impl Plan {
             }
             XdpModeArg::Off => None,
         };
+        if mode.is_none() && (!acl.is_empty() || services.iter().any(|s| !s.acl.is_empty())) {
+            return Err(invalid(
+                "allow/deny lists are enforced in XDP: not available with xdp_mode = off",
+            ));
+        }
         Ok(Plan {
             interfaces,
             services,
@@ -582,6 +643,7 @@ impl Plan {
             max_connections: max_connections as usize,
             max_connections_set: max_set.is_some(),
             grace: Duration::from_secs(grace),
+            acl,
             source_prefix_v4: checked(
                 "source_prefix_v4",
                 a.source_prefix_v4
@@ -854,6 +916,7 @@ fn default_service(
             d.first_byte_timeout_ms,
             FIRST_BYTE_TIMEOUT_MS_RANGE,
         )?),
+        acl: AccessList::default(),
     })
 }
 
@@ -951,6 +1014,7 @@ fn service_from_file(
             ),
             FIRST_BYTE_TIMEOUT_MS_RANGE,
         )?),
+        acl: at.acl(s.allow.as_deref(), s.deny.as_deref())?,
         name,
     })
 }
@@ -1187,6 +1251,32 @@ mod tests {
         };
         let e = Plan::resolve(&a, &f).unwrap_err().to_string();
         assert!(e.contains("cannot be combined"), "{e}");
+    }
+
+    #[test]
+    fn access_lists_are_parsed_and_checked_with_their_key() {
+        let c = resolve(SERVICES).unwrap();
+        assert_eq!(c.acl.deny.len(), 2);
+        assert_eq!(c.services[2].acl.allow.len(), 2);
+        let base = "iface = \"x\"\nxdp_mode = \"skb\"\n";
+        let svc = "[[service]]\nname = \"web\"\nlisten = [\"192.0.2.1:80\"]\nbackends = [\"10.0.0.1:80\"]\n";
+        let e = resolve(&format!("{base}deny = [\"10.0.0.1/8\"]\n{svc}")).unwrap_err();
+        assert!(e.contains("deny[0]: 10.0.0.1/8: host bits set"), "{e}");
+        let e = resolve(&format!("{base}{svc}allow = [\"10.0.0.0/8\", \"bogus\"]\n")).unwrap_err();
+        assert!(e.contains("service \"web\": allow[1]: bogus"), "{e}");
+        let e = resolve(&format!(
+            "{base}{svc}allow = [\"10.0.0.0/8\"]\ndeny = [\"10.0.0.0/8\"]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("service \"web\": allow/deny: 10.0.0.0/8 is in both"),
+            "{e}"
+        );
+        let e = resolve(
+            "iface = \"x\"\nxdp_mode = \"off\"\nlisten = [\"192.0.2.1:80\"]\nbackends = [\"10.0.0.1:80\"]\ndeny = [\"10.0.0.0/8\"]\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("enforced in XDP"), "{e}");
     }
 
     #[test]

@@ -43,7 +43,7 @@ use crate::{
     xdp::{
         ring::{self, Flow},
         secret::{current_epoch, Secret},
-        AttachMode, Responder, Settings,
+        AccessList, AttachMode, Responder, Settings,
     },
 };
 
@@ -380,14 +380,13 @@ impl Gate {
             .into_iter()
             .map(|(a, sf)| (a, sf && self.handoff))
             .collect();
-        // Until the in-place replacement lands: additions only.
-        for (a, sf) in set {
-            if sf {
-                self.r.add_server_first_service(a)?;
-            } else {
-                self.r.add_service(a)?;
-            }
-        }
+        let per_service: Vec<(SocketAddr, &AccessList)> = plan
+            .services
+            .iter()
+            .filter(|s| !s.acl.is_empty())
+            .flat_map(|s| s.listen.iter().map(move |l| (*l, &s.acl)))
+            .collect();
+        self.r.reconfigure(&set, &plan.acl, &per_service)?;
         Ok(())
     }
 

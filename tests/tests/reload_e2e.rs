@@ -302,3 +302,99 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// A reload changes what XDP protects and whom it answers: a new service
+/// is answered and served, a removed one is the kernel's again, and a
+/// deny list drops the client's SYNs (counted) until a reload lifts it.
+#[test]
+fn reloads_change_the_protected_set_and_the_access_lists() {
+    with_echo_lab(|lab| {
+        let dir = tempdir().join("acl");
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ackgate.toml");
+        let cfg = |extra: &str, services: &[u16]| {
+            let mut t = format!("iface = \"{}\"\n{extra}\n", lab.gw_if);
+            for port in services {
+                t += &format!(
+                    "[[service]]\nname = \"s{port}\"\nlisten = [\"{}:{port}\"]\nbackends = [\"127.0.0.1:9000\"]\n",
+                    lab.vip4
+                );
+            }
+            t
+        };
+        std::fs::write(&file, cfg("", &[8080])).unwrap();
+        let mut run = run_ackgate_until(
+            lab,
+            &["--config", file.to_str().unwrap(), "--metrics", METRICS],
+            "proxy ready",
+        );
+        let at = |port: u16| SocketAddr::from((lab.vip4, port));
+        // One echo through `port`, from the client namespace.
+        let served = |port: u16| {
+            lab.client
+                .run(move || {
+                    let mut s = TcpStream::connect_timeout(&at(port), Duration::from_secs(1))?;
+                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    s.write_all(b"ping")?;
+                    let mut b = [0u8; 4];
+                    s.read_exact(&mut b)?;
+                    Ok::<_, std::io::Error>(&b == b"ping")
+                })
+                .unwrap()
+        };
+        assert!(served(8080).unwrap());
+        // Nothing protects 8081 yet: the kernel, with no listener, resets.
+        assert_eq!(
+            served(8081).unwrap_err().kind(),
+            std::io::ErrorKind::ConnectionRefused
+        );
+
+        reload(
+            &mut run,
+            &file,
+            &cfg("", &[8080, 8081]),
+            "configuration reloaded",
+        );
+        assert!(
+            served(8081).unwrap(),
+            "a service added by a reload is served"
+        );
+
+        let deny = format!("deny = [\"{}/32\"]", lab.client4);
+        reload(
+            &mut run,
+            &file,
+            &cfg(&deny, &[8081]),
+            "configuration reloaded",
+        );
+        let e = served(8081).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::TimedOut,
+            "a denied client's SYNs are dropped, not answered: {e}"
+        );
+        assert_eq!(
+            served(8080).unwrap_err().kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "a removed service is the kernel's again"
+        );
+        // The XDP counters are published once a second.
+        std::thread::sleep(Duration::from_millis(1200));
+        let m = scrape_gw(lab, METRICS);
+        let dropped = metric(
+            &m,
+            "ackgate_xdp_dropped_total",
+            Some(("reason", "acl_global")),
+        );
+        assert!(dropped >= 1.0, "the denied SYNs are counted: {dropped}");
+
+        reload(&mut run, &file, &cfg("", &[8081]), "configuration reloaded");
+        assert!(
+            served(8081).unwrap(),
+            "lifting the deny list lets it in again"
+        );
+        let (status, out) = run.stop(Duration::from_secs(15)).unwrap();
+        assert!(status.success(), "{out:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}

@@ -10,7 +10,7 @@ use thiserror::Error;
 pub const PER_CONNECTION: u64 = 2;
 /// Descriptors beyond the relays: BPF maps and programs, the ring, raw
 /// sockets, listeners, scrapes, logs and the runtime.
-pub const RESERVE: u64 = 256;
+pub const RESERVE: u64 = 64;
 
 #[derive(Debug, Error)]
 #[error(
