@@ -49,7 +49,7 @@ impl Attached {
 
     fn program(name: &str, iface: &str) -> Result<Self, ResponderError> {
         let mut ebpf = load(&[name])?;
-        attach_named(&mut ebpf, name, iface, AttachMode::Native)?;
+        let _link = attach_named(&mut ebpf, name, iface, AttachMode::Native)?;
         Ok(Attached { _ebpf: ebpf })
     }
 }

@@ -116,6 +116,16 @@ pub struct RunArgs {
     /// XDP attach mode [default: native]. There is no silent fallback.
     #[arg(long, value_enum)]
     pub xdp_mode: Option<XdpModeArg>,
+    /// Unix socket (mode 600) a new ackgate uses to take over from this
+    /// one (see --takeover); off by default.
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// Take over from the ackgate running on --control-socket without
+    /// dropping a connection (an upgrade): the XDP links pass to this
+    /// process atomically, the old one drains and exits. With no instance
+    /// on the socket, start as usual. Needs CAP_SYS_ADMIN.
+    #[arg(long)]
+    pub takeover: bool,
     /// Write the process id here once running (removed at exit), for
     /// `ackgate reload --pid-file`.
     #[arg(long, value_name = "FILE")]
@@ -223,6 +233,7 @@ pub struct FileConfig {
     pub secret_file: Option<PathBuf>,
     pub xdp_mode: Option<XdpModeArg>,
     pub pid_file: Option<PathBuf>,
+    pub control_socket: Option<PathBuf>,
     pub epoch_secs: Option<u32>,
     pub mss: Option<u16>,
     pub stats_interval_secs: Option<u64>,
@@ -309,6 +320,9 @@ pub struct Plan {
     /// `None`: `--xdp-mode off`.
     pub mode: Option<AttachMode>,
     pub pid_file: Option<PathBuf>,
+    pub control_socket: Option<PathBuf>,
+    /// Start by taking over from the instance on `control_socket`.
+    pub takeover: bool,
     pub epoch_secs: u32,
     pub mss: Option<u16>,
     pub stats_interval: Option<Duration>,
@@ -623,6 +637,15 @@ impl Plan {
             }
             XdpModeArg::Off => None,
         };
+        let control_socket = a
+            .control_socket
+            .clone()
+            .or_else(|| f.control_socket.clone());
+        if a.takeover && (mode.is_none() || control_socket.is_none()) {
+            return Err(invalid(
+                "--takeover needs XDP and the running instance's control_socket (--control-socket)",
+            ));
+        }
         if mode.is_none() && (!acl.is_empty() || services.iter().any(|s| !s.acl.is_empty())) {
             return Err(invalid(
                 "allow/deny lists are enforced in XDP: not available with xdp_mode = off",
@@ -635,6 +658,11 @@ impl Plan {
             secret_file: a.secret_file.clone().or_else(|| f.secret_file.clone()),
             mode,
             pid_file: a.pid_file.clone().or_else(|| f.pid_file.clone()),
+            control_socket: a
+                .control_socket
+                .clone()
+                .or_else(|| f.control_socket.clone()),
+            takeover: a.takeover,
             epoch_secs,
             mss,
             stats_interval: (stats > 0).then(|| Duration::from_secs(stats)),
@@ -697,7 +725,8 @@ impl Plan {
     /// upgrade): an error naming the first such key, or `Ok` when `new`
     /// may replace `self`.
     pub fn reloadable_as(&self, new: &Plan) -> Result<(), ConfigError> {
-        let fixed: [(&str, bool); 8] = [
+        let fixed: [(&str, bool); 9] = [
+            ("control_socket", self.control_socket != new.control_socket),
             ("pid_file", self.pid_file != new.pid_file),
             ("interfaces", self.interfaces != new.interfaces),
             ("xdp_mode", self.mode != new.mode),

@@ -39,6 +39,7 @@ use crate::{
         Moved, Relay, TokioRelay,
     },
     sys::{clock, raw::RawSender, sysctl},
+    takeover,
     telemetry::metrics::{Exporter, ResetReason, ServiceStats, Stats, XdpMetrics, XDP_POLL},
     xdp::{
         ring::{self, Flow},
@@ -85,10 +86,42 @@ async fn serve(mut plan: Plan, args: RunArgs, exporter: Option<Exporter>) -> Res
         }
         _ => None,
     };
+    // Taking over: the running instance's offer first (its secret, its
+    // links), then our program in its place, then its go-ahead to drain.
+    let offer = match (&plan.control_socket, plan.takeover) {
+        (Some(sock), true) => {
+            let o = takeover::request(sock)?;
+            if o.is_none() {
+                tracing::info!(
+                    "--takeover: no ackgate on {}: starting afresh",
+                    sock.display()
+                );
+            }
+            o
+        }
+        _ => None,
+    };
     let mut gate = match plan.mode {
-        Some(mode) => Some(Gate::start(&plan, mode, sender.is_some())?),
+        Some(mode) => Some(Gate::start(
+            &plan,
+            mode,
+            sender.is_some(),
+            offer.as_ref().map(|(o, _)| o),
+        )?),
         None => None,
     };
+    if let Some((o, stream)) = offer {
+        takeover::confirm(stream)?;
+        tracing::info!("took over from ackgate (pid {})", o.pid);
+    }
+    let (control_tx, mut control) = tokio::sync::mpsc::channel(4);
+    if let (Some(sock), Some(_)) = (&plan.control_socket, &gate) {
+        // After a takeover the old instance still has the path bound.
+        if plan.takeover {
+            let _ = std::fs::remove_file(sock);
+        }
+        tokio::spawn(takeover::serve(takeover::bind(sock)?, control_tx));
+    }
     let mut flows = match (&mut gate, sender) {
         (Some(g), Some(sender)) => Some(Flows::new(g, sender, &plan)?),
         _ => None,
@@ -145,6 +178,30 @@ async fn serve(mut plan: Plan, args: RunArgs, exporter: Option<Exporter>) -> Res
                     tracing::info!("counters: {}", counters(&gate, &proxy));
                 }
             }
+            Some(req) = control.recv() => match (req, &mut gate) {
+                (takeover::Request::Offer(reply), Some(g)) => {
+                    let offer = g
+                        .r
+                        .offer_links()
+                        .map(|links| takeover::Offer {
+                            pid: std::process::id(),
+                            secret: g.secret.clone(),
+                            epoch_secs: plan.epoch_secs,
+                            links,
+                        })
+                        .map_err(|e| e.to_string());
+                    if let Err(e) = &offer {
+                        tracing::warn!("takeover refused: {e}");
+                    }
+                    let _ = reply.send(offer);
+                }
+                (takeover::Request::Done, Some(_)) => break "takeover",
+                (takeover::Request::Abort, Some(g)) => {
+                    tracing::warn!("takeover failed on the new side: keeping the links and serving");
+                    g.r.reclaim_links()?;
+                }
+                (_, None) => {}
+            },
             s = signals.recv() => match s {
                 Some(name) => break name,
                 None => {
@@ -169,9 +226,18 @@ async fn serve(mut plan: Plan, args: RunArgs, exporter: Option<Exporter>) -> Res
 
     // Stop taking new flows: verified ACKs are no longer consumed (they go
     // to the kernel, which resets them), listeners close; running relays
-    // get the grace period.
+    // get the grace period. Flows verified before that (or, after a
+    // takeover, before the new program replaced ours) are still served.
     if let (Some(g), Some(_)) = (&mut gate, &flows) {
         g.r.set_handoff(false)?;
+    }
+    if let (Some(r), Some(f), Some(p)) = (&mut ring, &mut flows, &proxy) {
+        let r = r.get_mut();
+        while let Some(item) = r.next() {
+            if let Some(e) = ring::event(&item) {
+                f.take(p, &e);
+            }
+        }
     }
     listeners.close();
     match &proxy {
@@ -293,8 +359,13 @@ impl PidFile {
 
 impl Drop for PidFile {
     fn drop(&mut self) {
+        // After a takeover the file names the new process: leave it.
         if let Some(p) = &self.0 {
-            let _ = std::fs::remove_file(p);
+            let ours = std::fs::read_to_string(p)
+                .is_ok_and(|t| t.trim() == std::process::id().to_string());
+            if ours {
+                let _ = std::fs::remove_file(p);
+            }
         }
     }
 }
@@ -345,10 +416,24 @@ impl Gate {
     /// Loads, keys and attaches the program; with `handoff` the ACK path is
     /// on from the first packet (events wait in the ring until the loop
     /// takes them, rather than reaching the kernel and being reset).
-    fn start(plan: &Plan, mode: AttachMode, handoff: bool) -> Result<Self> {
-        let secret = match &plan.secret_file {
-            Some(p) => Secret::from_file(p)?,
-            None => Secret::random(),
+    fn start(
+        plan: &Plan,
+        mode: AttachMode,
+        handoff: bool,
+        takeover: Option<&takeover::Offer>,
+    ) -> Result<Self> {
+        let own = match &plan.secret_file {
+            Some(p) => Some(Secret::from_file(p)?),
+            None => None,
+        };
+        let secret = match (takeover, own) {
+            (Some(o), Some(s)) if s != o.secret => bail!(
+                "--takeover: the secret file differs from the running instance's secret, so \
+                 cookies it issued would fail here; restart instead, or use its secret"
+            ),
+            (Some(o), _) => o.secret.clone(),
+            (None, Some(s)) => s,
+            (None, None) => Secret::random(),
         };
         let settings = plan.settings()?;
         let r = Responder::load()?;
@@ -365,8 +450,29 @@ impl Gate {
         g.protect(plan)?;
         g.r.install_keys(&g.secret, g.epoch, &g.settings)?;
         g.r.set_handoff(handoff)?;
-        for iface in &plan.interfaces {
-            g.r.attach(iface, mode)?;
+        match takeover {
+            None => {
+                for iface in &plan.interfaces {
+                    g.r.attach(iface, mode)?;
+                }
+            }
+            Some(o) => {
+                let mut theirs: Vec<&String> = o.links.iter().map(|(i, _, _)| i).collect();
+                let mut ours: Vec<&String> = plan.interfaces.iter().collect();
+                theirs.sort();
+                ours.sort();
+                if theirs != ours || o.epoch_secs != plan.epoch_secs {
+                    bail!(
+                        "--takeover: the running instance serves {theirs:?} with epoch {}s; this \
+                         configuration has {ours:?} with epoch {}s: they must match",
+                        o.epoch_secs,
+                        plan.epoch_secs
+                    );
+                }
+                for (iface, m, id) in &o.links {
+                    g.r.take_over(iface, *m, *id)?;
+                }
+            }
         }
         Ok(g)
     }

@@ -8,6 +8,7 @@
 //! * [`handoff`]: a verified flow becomes an established socket.
 //! * [`relay`]: backends, PROXY protocol and the byte pump.
 //! * [`telemetry`]: metrics, `ackgate stats` and logs.
+//! * [`takeover`]: a new process takes over from a running one (upgrades).
 //! * [`sys`]: clocks, interfaces, sysctls, socket options, raw sockets.
 
 pub mod config;
@@ -16,5 +17,6 @@ pub mod engine;
 pub mod handoff;
 pub mod relay;
 pub mod sys;
+pub mod takeover;
 pub mod telemetry;
 pub mod xdp;

@@ -1,6 +1,7 @@
 //! The operating system as ackgate uses it: clocks, interfaces, sysctls,
 //! socket options and the raw sockets that write whole IP packets.
 
+pub mod bpf_link;
 pub mod clock;
 pub mod netdev;
 pub mod raw;

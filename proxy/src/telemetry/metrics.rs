@@ -206,8 +206,7 @@ pub enum MetricsError {
 /// it ([`Exporter::serve`]). Call before building anything that records
 /// metrics: handles resolved before it are no-ops.
 pub fn install(addr: SocketAddr, info: &BuildInfo) -> Result<Exporter, MetricsError> {
-    let listener =
-        std::net::TcpListener::bind(addr).map_err(|err| MetricsError::Bind { addr, err })?;
+    let listener = bind_shared(addr).map_err(|err| MetricsError::Bind { addr, err })?;
     let err = |err| MetricsError::Install { addr, err };
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(HANDOFF_LATENCY.into()), &LATENCY_BUCKETS)
@@ -231,6 +230,29 @@ pub fn install(addr: SocketAddr, info: &BuildInfo) -> Result<Exporter, MetricsEr
         handle,
         addr,
     })
+}
+
+/// A listener with SO_REUSEPORT: during a takeover the new instance
+/// serves the same address while the old one drains.
+fn bind_shared(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
+    socket::bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(addr),
+    )?;
+    socket::listen(
+        &fd,
+        socket::Backlog::new(128).map_err(std::io::Error::from)?,
+    )?;
+    Ok(std::net::TcpListener::from(fd))
 }
 
 /// `ackgate_build_info`'s labels.

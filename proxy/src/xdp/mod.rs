@@ -11,6 +11,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, SocketAddr},
+    os::fd::AsFd as _,
 };
 
 use ackgate_common::wire::{
@@ -22,7 +23,11 @@ use ackgate_common::wire::{
 };
 use aya::{
     maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{
+        links::FdLink,
+        xdp::{XdpLink, XdpLinkId},
+        ProgramError, Xdp, XdpMode,
+    },
     Ebpf, EbpfError, Pod,
 };
 use thiserror::Error;
@@ -136,6 +141,10 @@ pub enum ResponderError {
     TooManyInterfaces { max: usize },
     #[error("access lists: {0}")]
     Acl(#[from] AclError),
+    #[error("taking over the XDP link on {iface}: {err}")]
+    Takeover { iface: String, err: std::io::Error },
+    #[error("not an XDP link: {0}")]
+    Link(aya::programs::links::LinkError),
     #[error("BPF map {name}: {err}")]
     Map { name: &'static str, err: MapError },
 }
@@ -148,6 +157,14 @@ type Result<T> = std::result::Result<T, ResponderError>;
 pub struct Responder {
     ebpf: Ebpf,
     attached: Vec<(String, AttachMode)>,
+    /// The bpf_links this process attached (one per interface, in
+    /// `attached`'s order); moved to `pinned` while an upgrade is offered.
+    links: Vec<XdpLinkId>,
+    /// Links offered to a new instance (an upgrade), held outside the
+    /// program until it confirms or fails.
+    offered: Vec<FdLink>,
+    /// Links taken over from an old instance.
+    held: Vec<std::os::fd::OwnedFd>,
     /// What userspace last wrote to `CONFIG`.
     config: Config,
     /// The protected services `ADDRS` and `PORTS` hold (this process is
@@ -196,6 +213,9 @@ impl Responder {
         Ok(Responder {
             ebpf,
             attached: Vec::new(),
+            links: Vec::new(),
+            offered: Vec::new(),
+            held: Vec::new(),
             config: Config::default(),
             services: BTreeMap::new(),
         })
@@ -575,14 +595,95 @@ impl Responder {
         self.config.ifaces[..ifaces.len()].copy_from_slice(&ifaces);
         self.config.n_ifaces = ifaces.len() as u32;
         self.write_config()?;
-        if let Err(e) = attach_named(&mut self.ebpf, PROG_RESPONDER, iface, mode) {
-            self.config.ifaces = before.ifaces;
-            self.config.n_ifaces = before.n_ifaces;
-            self.write_config()?;
-            return Err(e);
+        match attach_named(&mut self.ebpf, PROG_RESPONDER, iface, mode) {
+            Ok(id) => self.links.push(id),
+            Err(e) => {
+                self.config.ifaces = before.ifaces;
+                self.config.n_ifaces = before.n_ifaces;
+                self.write_config()?;
+                return Err(e);
+            }
         }
         self.attached.push((iface.to_string(), mode));
         Ok(())
+    }
+
+    /// Upgrade, old side: offers this process's links to a new instance
+    /// and returns (interface, mode, kernel link id) per link. Traffic is
+    /// unaffected: the links stay attached, now held outside the program.
+    pub fn offer_links(&mut self) -> Result<Vec<(String, AttachMode, u32)>> {
+        let mut out = Vec::new();
+        let ids = std::mem::take(&mut self.links);
+        let attached = self.attached.clone();
+        for ((iface, mode), id) in attached.iter().zip(ids) {
+            let link = self
+                .program_mut()?
+                .take_link(id)
+                .map_err(ResponderError::Load)?;
+            let fd: FdLink = link.try_into().map_err(ResponderError::Link)?;
+            let kernel_id = fd.info().map_err(ResponderError::Link)?.id();
+            self.offered.push(fd);
+            out.push((iface.clone(), *mode, kernel_id));
+        }
+        Ok(out)
+    }
+
+    /// Upgrade, old side, when the new instance failed: puts this
+    /// program back on every offered link (an atomic replace, whatever the
+    /// new instance had put there).
+    pub fn reclaim_links(&mut self) -> Result<()> {
+        for fd in std::mem::take(&mut self.offered) {
+            let link = XdpLink::try_from(fd).map_err(ResponderError::Link)?;
+            let id = self
+                .program_mut()?
+                .attach_to_link(link)
+                .map_err(ResponderError::Load)?;
+            self.links.push(id);
+        }
+        Ok(())
+    }
+
+    /// Upgrade, new side: atomically replaces the program on the link
+    /// with kernel id `link_id` (an old instance's, on `iface`) with this
+    /// one, so no packet meets the interface without XDP. The link is
+    /// held by this process from now on: it detaches when this process
+    /// and the old one are both gone.
+    pub fn take_over(&mut self, iface: &str, mode: AttachMode, link_id: u32) -> Result<()> {
+        let ifindex = nix::net::if_::if_nametoindex(iface)
+            .map_err(|_| ResponderError::NoInterface(iface.to_string()))?;
+        let mac = crate::sys::netdev::mac(iface).map_err(|err| ResponderError::Interface {
+            iface: iface.to_string(),
+            err,
+        })?;
+        let n = self.config.n_ifaces as usize;
+        if n == MAX_IFACES {
+            return Err(ResponderError::TooManyInterfaces { max: MAX_IFACES });
+        }
+        let takeover = |err| ResponderError::Takeover {
+            iface: iface.to_string(),
+            err,
+        };
+        let link = crate::sys::bpf_link::fd_by_id(link_id).map_err(takeover)?;
+        self.config.ifaces[n] = Iface::new(ifindex, mac);
+        self.config.n_ifaces += 1;
+        self.write_config()?;
+        let prog = self.program_mut()?.fd().map_err(ResponderError::Load)?;
+        crate::sys::bpf_link::update(link.as_fd(), prog.as_fd()).map_err(takeover)?;
+        self.held.push(link);
+        self.attached.push((iface.to_string(), mode));
+        Ok(())
+    }
+
+    fn program_mut(&mut self) -> Result<&mut Xdp> {
+        self.ebpf
+            .program_mut(PROG_RESPONDER)
+            .ok_or_else(|| {
+                ResponderError::Load(ProgramError::InvalidName {
+                    name: PROG_RESPONDER.into(),
+                })
+            })?
+            .try_into()
+            .map_err(ResponderError::Load)
     }
 
     /// The interfaces attached to, in order, and how.
@@ -743,7 +844,12 @@ fn acl_flags(t: &Tables) -> u32 {
     f
 }
 
-pub fn attach_named(ebpf: &mut Ebpf, prog: &str, iface: &str, mode: AttachMode) -> Result<()> {
+pub fn attach_named(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    iface: &str,
+    mode: AttachMode,
+) -> Result<XdpLinkId> {
     if nix::net::if_::if_nametoindex(iface).is_err() {
         return Err(ResponderError::NoInterface(iface.to_string()));
     }
@@ -753,7 +859,6 @@ pub fn attach_named(ebpf: &mut Ebpf, prog: &str, iface: &str, mode: AttachMode) 
         .try_into()
         .map_err(ResponderError::Load)?;
     p.attach(iface, mode.aya())
-        .map(|_| ())
         .map_err(|source| ResponderError::Attach {
             iface: iface.to_string(),
             mode,
