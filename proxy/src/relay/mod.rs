@@ -1,7 +1,9 @@
-//! The proxy half: choosing a backend, the PROXY protocol header, the byte
-//! pump between the client and the backend, and per-source limits.
+//! The proxy half: choosing a backend and checking its health, the PROXY
+//! protocol header, the byte pump between the client and the backend, and
+//! per-source limits.
 
 pub mod backends;
+pub mod health;
 pub mod proxyproto;
 pub mod pump;
 pub mod sources;

@@ -43,6 +43,7 @@ pub const BACKEND_CONNECTS: &str = "ackgate_backend_connects_total";
 pub const BACKEND_CONNECT_ERRORS: &str = "ackgate_backend_connect_errors_total";
 pub const BACKEND_CONNECT_LATENCY: &str = "ackgate_backend_connect_latency_seconds";
 pub const BACKEND_UP: &str = "ackgate_backend_up";
+pub const BACKEND_HEALTH_CHECKS: &str = "ackgate_backend_health_checks_total";
 pub const RESETS: &str = "ackgate_resets_total";
 pub const CONNECTIONS_ACTIVE: &str = "ackgate_connections_active";
 pub const CONNECTION_DURATION: &str = "ackgate_connection_duration_seconds";
@@ -188,8 +189,14 @@ impl ResetReason {
 
 pub const RESET_REASONS: usize = 8;
 
-/// Backend connect failure reasons.
-pub const BACKEND_ERROR_REASONS: [&str; 3] = ["refused", "timeout", "other"];
+/// Backend connect failure reasons; `local` is a failure of ours (out of
+/// descriptors, ports, buffers or memory: `relay::backends::is_local`),
+/// which marks nothing down.
+pub const BACKEND_ERROR_REASONS: [&str; 4] = ["refused", "timeout", "other", "local"];
+
+/// Health check results (`local`: failed for a reason of ours, not
+/// counted against the backend).
+pub const HEALTH_CHECK_RESULTS: [&str; 3] = ["ok", "failed", "local"];
 
 #[derive(Debug, Error)]
 pub enum MetricsError {
@@ -321,7 +328,11 @@ fn describe() {
     );
     describe_gauge!(
         BACKEND_UP,
-        "1 if the backend takes connections, 0 while it is in back-off after a failure."
+        "1 if the backend takes connections, 0 while it is in back-off after a failure or its health check says down."
+    );
+    describe_counter!(
+        BACKEND_HEALTH_CHECKS,
+        "Active health checks, per service, backend and result (ok, failed, local)."
     );
     describe_counter!(
         RESETS,
@@ -567,9 +578,10 @@ impl ServiceStats {
 /// One backend's series.
 pub struct BackendMetrics {
     pub connects: Counter,
-    errors: [Counter; 3],
+    errors: [Counter; 4],
     pub latency: Histogram,
     pub up: Gauge,
+    checks: [Counter; 3],
 }
 
 impl BackendMetrics {
@@ -581,6 +593,10 @@ impl BackendMetrics {
             zero(counter!(BACKEND_CONNECT_ERRORS,
                 "service" => s.clone(), "backend" => b.clone(), "reason" => r))
         });
+        let checks = HEALTH_CHECK_RESULTS.map(|r| {
+            zero(counter!(BACKEND_HEALTH_CHECKS,
+                "service" => s.clone(), "backend" => b.clone(), "result" => r))
+        });
         let up = gauge!(BACKEND_UP, "service" => s.clone(), "backend" => b.clone());
         up.set(1.0);
         BackendMetrics {
@@ -588,16 +604,63 @@ impl BackendMetrics {
             errors,
             latency: histogram!(BACKEND_CONNECT_LATENCY, "service" => s, "backend" => b),
             up,
+            checks,
         }
     }
 
     /// Counts a failed connect; `None` error means the connect timed out.
     pub fn failed(&self, err: Option<&std::io::Error>) {
-        let i = match err {
-            None => 1,
-            Some(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => 0,
-            Some(_) => 2,
-        };
-        self.errors[i].increment(1);
+        self.errors[error_reason(err)].increment(1);
+    }
+
+    /// Counts a health check by its result (one of [`HEALTH_CHECK_RESULTS`]).
+    pub fn health_check(&self, result: &str) {
+        if let Some(i) = HEALTH_CHECK_RESULTS.iter().position(|&r| r == result) {
+            self.checks[i].increment(1);
+        }
+    }
+}
+
+/// Index in [`BACKEND_ERROR_REASONS`] of a failed connect's reason.
+fn error_reason(err: Option<&std::io::Error>) -> usize {
+    match err {
+        None => 1,
+        Some(e) if crate::relay::backends::is_local(e) => 3,
+        Some(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => 0,
+        Some(_) => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error, ErrorKind};
+
+    use super::{error_reason, BACKEND_ERROR_REASONS};
+
+    #[test]
+    fn connect_errors_are_counted_by_reason() {
+        let reason = |e: Option<&Error>| BACKEND_ERROR_REASONS[error_reason(e)];
+        assert_eq!(reason(None), "timeout");
+        assert_eq!(
+            reason(Some(&ErrorKind::ConnectionRefused.into())),
+            "refused"
+        );
+        assert_eq!(
+            reason(Some(&Error::from_raw_os_error(libc::ECONNREFUSED))),
+            "refused"
+        );
+        assert_eq!(
+            reason(Some(&Error::from_raw_os_error(libc::EHOSTUNREACH))),
+            "other"
+        );
+        for local in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::EADDRNOTAVAIL,
+            libc::ENOBUFS,
+            libc::ENOMEM,
+        ] {
+            assert_eq!(reason(Some(&Error::from_raw_os_error(local))), "local");
+        }
     }
 }
