@@ -20,7 +20,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::{
-    relay::proxyproto,
+    relay::{health::HealthCheck, proxyproto},
     xdp::{AccessList, AttachMode, Cidr, Settings},
 };
 
@@ -278,6 +278,8 @@ pub struct ServiceFile {
     pub allow: Option<Vec<String>>,
     pub deny: Option<Vec<String>>,
     pub limits: Option<ServiceLimits>,
+    /// Active checks of the backends (`[service.health_check]`).
+    pub health_check: Option<HealthCheck>,
 }
 
 /// `[service.limits]`: overrides of `[limits]` for one service.
@@ -361,6 +363,8 @@ pub struct Service {
     pub first_byte_timeout: Duration,
     /// This service's access list, checked after the global one.
     pub acl: AccessList,
+    /// Active backend checks, if configured.
+    pub health_check: Option<HealthCheck>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -946,6 +950,7 @@ fn default_service(
             FIRST_BYTE_TIMEOUT_MS_RANGE,
         )?),
         acl: AccessList::default(),
+        health_check: None,
     })
 }
 
@@ -1044,6 +1049,14 @@ fn service_from_file(
             FIRST_BYTE_TIMEOUT_MS_RANGE,
         )?),
         acl: at.acl(s.allow.as_deref(), s.deny.as_deref())?,
+        health_check: match &s.health_check {
+            Some(h) => {
+                h.validate()
+                    .map_err(|e| invalid(format!("service \"{name}\": {e}")))?;
+                Some(h.clone())
+            }
+            None => None,
+        },
         name,
     })
 }
@@ -1306,6 +1319,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("enforced in XDP"), "{e}");
+    }
+
+    #[test]
+    fn health_checks_are_validated_per_service() {
+        let c = resolve(SERVICES).unwrap();
+        let h = c.services[1]
+            .health_check
+            .as_ref()
+            .expect("https has a check");
+        assert_eq!(h.kind, crate::relay::health::CheckKind::Http);
+        let svc = "iface = \"x\"\n[[service]]\nname = \"web\"\nlisten = [\"192.0.2.1:80\"]\nbackends = [\"10.0.0.1:80\"]\n[service.health_check]\n";
+        let e = resolve(&format!("{svc}interval_ms = 0\n")).unwrap_err();
+        assert!(
+            e.contains("service \"web\": health_check.interval_ms 0"),
+            "{e}"
+        );
+        let e = resolve(&format!("{svc}rise = 1\nintervall = 5\n")).unwrap_err();
+        assert!(e.contains("unknown field `intervall`"), "{e}");
     }
 
     #[test]

@@ -817,12 +817,13 @@ impl Proxy {
                 .or_insert_with(|| (Arc::new(ServiceStats::new(&s.name)), Arc::default()))
                 .clone();
             let route = Arc::new(Route {
-                backends: Backends::new(
+                backends: Backends::with_health(
                     &s.name,
                     &s.backends,
                     s.connect_timeout,
                     s.backend_backoff,
                     old.by_name.get(&s.name).map(|r| &r.backends),
+                    s.health_check.as_ref(),
                 ),
                 proxy_protocol: s.proxy_protocol,
                 idle_timeout: s.idle_timeout,
@@ -842,6 +843,13 @@ impl Proxy {
                 table.by_listen.insert(*l, route.clone());
             }
             table.by_name.insert(s.name.clone(), route);
+        }
+        // A removed service's checks stop now, not when its last relay
+        // (which keeps the old route) ends.
+        for (name, r) in &old.by_name {
+            if !table.by_name.contains_key(name) {
+                r.backends.stop_checks();
+            }
         }
         self.limit.store(plan.max_connections, Relaxed);
         *self.table.write().unwrap() = Arc::new(table);

@@ -457,3 +457,71 @@ fn idle_timeout_and_graceful_drain() {
         );
     });
 }
+
+/// Sends half a response, then dies with a RST.
+fn dying_server(l: TcpListener, stop: &AtomicBool) {
+    l.set_nonblocking(true).unwrap();
+    while !stop.load(Ordering::Relaxed) {
+        match l.accept() {
+            Ok((mut s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                let mut b = [0u8; 64];
+                let _ = s.read(&mut b);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial");
+                std::thread::sleep(Duration::from_millis(50));
+                ackgate::relay::reset(s);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+#[test]
+fn a_backend_dying_mid_relay_resets_the_client() {
+    ackgate_tests::with_backend_lab(
+        |_| {},
+        dying_server,
+        |lab| {
+            let run = start(
+                lab,
+                "127.0.0.1:9000",
+                &["--metrics", ackgate_tests::METRICS, "--log-level", "debug"],
+            );
+            let target = SocketAddr::from((lab.vip4, 8080));
+            let (got, end) = lab
+                .client
+                .run(move || {
+                    let mut s =
+                        TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+                    let mut got = Vec::new();
+                    let mut b = [0u8; 4096];
+                    let end = loop {
+                        match s.read(&mut b) {
+                            Ok(0) => break Ok(()),
+                            Ok(n) => got.extend_from_slice(&b[..n]),
+                            Err(e) => break Err(e.kind()),
+                        }
+                    };
+                    (got, end)
+                })
+                .unwrap();
+            let m = ackgate_tests::scrape_gw(lab, ackgate_tests::METRICS);
+            let (_, out) = run.stop(Duration::from_secs(15)).unwrap();
+            assert!(
+                got.ends_with(b"partial"),
+                "the bytes before the failure arrive"
+            );
+            assert_eq!(
+                end,
+                Err(std::io::ErrorKind::ConnectionReset),
+                "a cut-off response ends with a RST, not a clean FIN: {out:?}"
+            );
+            assert_eq!(
+                ackgate_tests::metric(&m, "ackgate_resets_total", Some(("reason", "relay_error"))),
+                1.0
+            );
+        },
+    );
+}

@@ -122,9 +122,11 @@ async fn pipe(
     .await;
     if result.is_err() {
         // Both sockets close with a RST once the other direction is
-        // dropped.
+        // dropped; dropping the write half as usual would first send the
+        // FIN a client takes for a complete response.
         set_linger_zero(r.as_ref());
         set_linger_zero(w.as_ref());
+        w.forget();
     }
     result
 }
