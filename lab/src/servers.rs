@@ -64,7 +64,20 @@ const STOP_CHECK_MS: i32 = 50;
 
 /// Echo: every connection echoes until EOF, then half-closes, until `stop`.
 pub fn echo(l: TcpListener, stop: &AtomicBool) {
+    echo_tagged(l, stop, &AtomicU64::new(0), None);
+}
+
+/// [`echo`], counting the connections in `accepted` and, with a `tag`,
+/// first sending that byte: a test with several backends sees which one
+/// served it, and how many connections each received.
+pub fn echo_tagged(l: TcpListener, stop: &AtomicBool, accepted: &AtomicU64, tag: Option<u8>) {
     accept_until(l, stop, |mut s| {
+        accepted.fetch_add(1, Relaxed);
+        if let Some(t) = tag {
+            if s.write_all(&[t]).is_err() {
+                return;
+            }
+        }
         let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
         let mut buf = vec![0u8; 256 * 1024];
         while let Ok(n) = s.read(&mut buf) {

@@ -62,6 +62,13 @@ pub fn run(mut plan: Plan, args: RunArgs, exporter: Option<Exporter>) -> Result<
     if plan.mode.is_some() && !nix::unistd::geteuid().is_root() {
         bail!("must run as root (needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to load and attach XDP)");
     }
+    // Bad input first, in one line, before any warning.
+    if plan.mode.is_some() {
+        plan.settings()?;
+    }
+    if let Some(p) = &plan.secret_file {
+        Secret::from_file(p)?;
+    }
     plan.fit_descriptors()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

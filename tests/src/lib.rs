@@ -143,3 +143,25 @@ pub fn metric(
         .map(|x| x.value)
         .sum()
 }
+
+/// A kernel TCP connection from `local` (an address of the calling
+/// thread's namespace; port 0 for any, or a fixed one, reusable at once).
+pub fn connect_from(
+    local: std::net::SocketAddr,
+    target: std::net::SocketAddr,
+) -> std::io::Result<std::net::TcpStream> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, IntoRawFd as _};
+    let family = if local.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(local))?;
+    // SAFETY: the descriptor is ours; the stream owns it from here.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
+    socket::connect(stream.as_raw_fd(), &SockaddrStorage::from(target))?;
+    Ok(stream)
+}

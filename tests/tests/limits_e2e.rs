@@ -5,64 +5,19 @@
 
 use std::{
     io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
-    os::fd::{FromRawFd as _, IntoRawFd as _},
+    net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
     sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     time::{Duration, Instant},
 };
 
+use ackgate_lab::servers::echo_tagged;
 use ackgate_tests::{
-    lab::Lab, metric, run_ackgate_until, scrape_gw, with_echo_lab, StopOnDrop, METRICS,
+    connect_from, lab::Lab, metric, run_ackgate_until, scrape_gw, with_echo_lab, StopOnDrop,
+    METRICS,
 };
-use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage};
 
 /// The attacker's own address, beside the lab's client address.
 const ATTACKER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
-
-/// An echo backend that counts the connections it accepts.
-fn counting_echo(l: TcpListener, stop: &AtomicBool, accepted: &AtomicU64) {
-    l.set_nonblocking(true).unwrap();
-    std::thread::scope(|sc| {
-        while !stop.load(Relaxed) {
-            match l.accept() {
-                Ok((mut s, _)) => {
-                    accepted.fetch_add(1, Relaxed);
-                    sc.spawn(move || {
-                        s.set_nonblocking(false).unwrap();
-                        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                        let mut buf = [0u8; 4096];
-                        while let Ok(n @ 1..) = s.read(&mut buf) {
-                            if s.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    });
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(2)),
-            }
-        }
-    });
-}
-
-/// A kernel connection from `src` (an address of the client namespace).
-fn connect_from(src: IpAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {
-    let fd = socket::socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    socket::bind(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrStorage::from(SocketAddr::new(src, 0)),
-    )?;
-    socket::connect(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrStorage::from(dst),
-    )?;
-    // SAFETY: a connected TCP socket whose ownership moves to the stream.
-    Ok(unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) })
-}
 
 fn echo(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -117,8 +72,8 @@ fn bare_handshakes_from_one_address_cannot_starve_the_others() {
         std::thread::scope(|sc| {
             let _stop = StopOnDrop(&stop);
             let [web_l, api_l] = listeners;
-            sc.spawn(|| counting_echo(web_l, &stop, &web_accepted));
-            sc.spawn(|| counting_echo(api_l, &stop, &api_accepted));
+            sc.spawn(|| echo_tagged(web_l, &stop, &web_accepted, None));
+            sc.spawn(|| echo_tagged(api_l, &stop, &api_accepted, None));
             let run = run_ackgate_until(
                 lab,
                 &["--config", file.to_str().unwrap(), "--metrics", METRICS],
@@ -134,7 +89,7 @@ fn bare_handshakes_from_one_address_cannot_starve_the_others() {
                 .run(|| {
                     let t0 = Instant::now();
                     let v: Vec<TcpStream> = (0..60)
-                        .map(|_| connect_from(ATTACKER.into(), web).unwrap())
+                        .map(|_| connect_from(SocketAddr::new(ATTACKER.into(), 0), web).unwrap())
                         .collect();
                     (v, t0)
                 })
@@ -196,7 +151,7 @@ fn bare_handshakes_from_one_address_cannot_starve_the_others() {
                 .run(|| {
                     (0..20)
                         .filter(|i| {
-                            connect_from(ATTACKER.into(), api)
+                            connect_from(SocketAddr::new(ATTACKER.into(), 0), api)
                                 .and_then(|mut s| echo(&mut s, format!("api {i}").as_bytes()))
                                 .is_ok()
                         })

@@ -10,36 +10,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ackgate_lab::servers::echo_tagged;
 use ackgate_tests::{
     ackgate_bin, lab::Lab, metric, run_ackgate_until, scrape_gw, with_echo_lab, Process,
     StopOnDrop, METRICS,
 };
 use nix::sys::signal::{kill, Signal};
-
-/// A backend that says who it is (one byte) and then echoes.
-fn tagged(l: TcpListener, stop: &AtomicBool, tag: u8) {
-    l.set_nonblocking(true).unwrap();
-    std::thread::scope(|sc| {
-        while !stop.load(Relaxed) {
-            match l.accept() {
-                Ok((mut s, _)) => {
-                    sc.spawn(move || {
-                        s.set_nonblocking(false).unwrap();
-                        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                        s.write_all(&[tag]).unwrap();
-                        let mut buf = [0u8; 4096];
-                        while let Ok(n @ 1..) = s.read(&mut buf) {
-                            if s.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    });
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(2)),
-            }
-        }
-    });
-}
 
 /// One connection through ackgate: the backend's tag, and the echo of
 /// `msg` checked.
@@ -110,7 +86,7 @@ fn reloads_under_load_fail_no_connection_and_take_effect() {
             let _stop = StopOnDrop(&stop);
             for (l, tag) in listeners.into_iter().zip([b'A', b'B']) {
                 let stop = &stop;
-                sc.spawn(move || tagged(l, stop, tag));
+                sc.spawn(move || echo_tagged(l, stop, &AtomicU64::new(0), Some(tag)));
             }
             let mut run = run_ackgate_until(
                 lab,

@@ -8,7 +8,6 @@
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
-    os::fd::{AsRawFd as _, FromRawFd as _},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -19,7 +18,8 @@ use ackgate_lab::{
     Capture, Lab,
 };
 use ackgate_tests::{
-    metric, run_ackgate_until, run_proxy, scrape_gw, with_backend_lab, with_echo_lab, METRICS,
+    connect_from, metric, run_ackgate_until, run_proxy, scrape_gw, with_backend_lab, with_echo_lab,
+    METRICS,
 };
 
 fn metrics(lab: &Lab) -> Vec<Sample> {
@@ -176,30 +176,6 @@ fn a_segment_without_the_ack_flag_is_no_handshake() {
         wait_for(lab, &before, "ackgate_xdp_acks_verified_total", None, 1.0);
         run.stop(Duration::from_secs(15)).unwrap();
     });
-}
-
-/// A client socket bound to `local` (with address reuse) and connected.
-fn connect_from(local: SocketAddr, target: SocketAddr) -> std::io::Result<TcpStream> {
-    let s = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Stream,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::ReuseAddr, &true)?;
-    let l = nix::sys::socket::SockaddrIn::from(match local {
-        SocketAddr::V4(a) => a,
-        _ => unreachable!(),
-    });
-    nix::sys::socket::bind(s.as_raw_fd(), &l)?;
-    // SAFETY: the fd is ours; the stream owns it from here.
-    let stream = unsafe { TcpStream::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(s)) };
-    let t = nix::sys::socket::SockaddrIn::from(match target {
-        SocketAddr::V4(a) => a,
-        _ => unreachable!(),
-    });
-    nix::sys::socket::connect(stream.as_raw_fd(), &t)?;
-    Ok(stream)
 }
 
 fn echo_once(s: &mut TcpStream, msg: &[u8]) {
