@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use ackgate_tests::{counter, last_counters, run_ackgate_until, with_echo_lab};
+use ackgate_tests::{connect_from, counter, last_counters, run_ackgate_until, with_echo_lab};
 
 fn exchange(target: SocketAddr, msg: &[u8]) -> std::io::Result<()> {
     let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3))?;
@@ -74,6 +74,30 @@ fn a_new_instance_takes_over_under_load_without_a_failed_connection() {
         let mut b = [0u8; 6];
         held.read_exact(&mut b).unwrap();
 
+        // A handshake answered by the old instance whose ACK is held in
+        // the client until after the switch: its cookie must verify in the
+        // new one.
+        const HELD_PORT: &str = "40123";
+        let rule = |op: &str| {
+            lab.client
+                .exec(&[
+                    "iptables", op, "OUTPUT", "-p", "tcp", "--sport", HELD_PORT, "!", "--syn",
+                    "-j", "DROP",
+                ])
+                .unwrap();
+        };
+        rule("-A");
+        let mut straddling = lab
+            .client
+            .run(|| {
+                connect_from(
+                    SocketAddr::new(lab.client4.into(), HELD_PORT.parse().unwrap()),
+                    targets[0],
+                )
+            })
+            .unwrap()
+            .unwrap();
+
         let done = AtomicBool::new(false);
         let (ok, failed) = (AtomicU64::new(0), AtomicU64::new(0));
         let errors = std::sync::Mutex::new(Vec::new());
@@ -127,6 +151,17 @@ fn a_new_instance_takes_over_under_load_without_a_failed_connection() {
             "no connection fails across the takeover: {:?}",
             errors.lock().unwrap()
         );
+        // Its ACK released now reaches the new instance only.
+        rule("-D");
+        straddling
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        straddling
+            .write_all(b"issued before, verified after")
+            .unwrap();
+        let mut got = [0u8; 29];
+        straddling.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"issued before, verified after");
         // The old instance's relay still works, then the old one exits.
         held.write_all(b"after!").unwrap();
         held.shutdown(Shutdown::Write).unwrap();
