@@ -44,6 +44,9 @@ http {{
 pub enum Target {
     /// ackgate: XDP SYN cookies, verified-ACK handoff, its relay.
     Ackgate,
+    /// ackgate with `--splice-pipes 0`: every relayed byte copied through
+    /// userspace (the relay before splice).
+    AckgateCopy,
     /// `tcp_syncookies=2` and a plain listener (`ackgate --xdp-mode off`,
     /// the same relay).
     Syncookies,
@@ -59,11 +62,18 @@ impl Target {
     pub fn label(self) -> &'static str {
         match self {
             Target::Ackgate => "ackgate",
+            Target::AckgateCopy => "ackgate (copy)",
             Target::Syncookies => "kernel syncookies",
             Target::Synproxy => "nftables synproxy",
             Target::Haproxy => "haproxy",
             Target::Direct => "direct",
         }
+    }
+
+    /// Whether the target attaches XDP to the proxy's interface, so only
+    /// one such target can run at a time.
+    pub fn attaches_xdp(self) -> bool {
+        matches!(self, Target::Ackgate | Target::AckgateCopy)
     }
 }
 
@@ -136,7 +146,7 @@ pub fn start(lab: &BenchLab, target: Target) -> Result<Running> {
     let mut nft = false;
     let procs = match target {
         Target::Direct => vec![],
-        Target::Ackgate => {
+        Target::Ackgate | Target::AckgateCopy => {
             let mut cmd = lab.px.command(workspace_bin("ackgate")?.to_str().unwrap());
             cmd.args([
                 "run",
@@ -153,6 +163,9 @@ pub fn start(lab: &BenchLab, target: Target) -> Result<Running> {
                 "--metrics",
                 METRICS,
             ]);
+            if target == Target::AckgateCopy {
+                cmd.args(["--splice-pipes", "0"]);
+            }
             let mut p = Process::spawn("ackgate", cmd)?;
             wait_listening(&lab.cli, vip, "ackgate", &mut p)?;
             vec![p]
@@ -197,9 +210,10 @@ pub fn start(lab: &BenchLab, target: Target) -> Result<Running> {
                 &cfg,
                 format!(
                     "global
-  maxconn 8000
+  maxconn 7000
 defaults
   mode tcp
+  option splice-auto
   timeout connect 3s
   timeout client 60s
   timeout server 60s

@@ -68,6 +68,10 @@ pub const LOG_LEVEL: &str = "info";
 pub const DEFAULT_SERVICE: &str = "default";
 /// Interfaces one instance protects at most.
 pub const MAX_INTERFACES: usize = 8;
+/// Pipes the zero-copy relay may pool (0: copy every byte through
+/// userspace); the default follows max_connections
+/// ([`crate::sys::rlimit::default_pipes`]).
+pub const SPLICE_PIPES_RANGE: RangeInclusive<u64> = 0..=65_536;
 
 /// `ackgate run`'s flags.
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -151,6 +155,13 @@ pub struct RunArgs {
          clients get a RST [default: {MAX_CONNECTIONS}]",
         MAX_CONNECTIONS_RANGE.start(), MAX_CONNECTIONS_RANGE.end()))]
     pub max_connections: Option<u64>,
+    #[arg(long, help = format!(
+        "Pipes the relay may pool to move bytes with splice(2), never copying them \
+         through userspace, {}-{}; 0 copies every byte. A relay holds one only while \
+         bytes move [default: one per {} connections, at most {}]",
+        SPLICE_PIPES_RANGE.start(), SPLICE_PIPES_RANGE.end(),
+        crate::sys::rlimit::CONNECTIONS_PER_PIPE, crate::sys::rlimit::MAX_DEFAULT_PIPES))]
+    pub splice_pipes: Option<u64>,
     #[arg(long, help = format!(
         "Backend connect timeout in milliseconds, {}-{} [default: {CONNECT_TIMEOUT_MS}]",
         CONNECT_TIMEOUT_MS_RANGE.start(), CONNECT_TIMEOUT_MS_RANGE.end()))]
@@ -253,6 +264,7 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     pub max_connections: Option<u64>,
+    pub splice_pipes: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
     pub backend_backoff_secs: Option<u64>,
     pub idle_timeout_secs: Option<u64>,
@@ -335,6 +347,9 @@ pub struct Plan {
     /// Whether `max_connections` was configured; if not, it may be lowered
     /// to what the file descriptor limit allows.
     pub max_connections_set: bool,
+    /// The relay's pipe pool, if configured (else it follows
+    /// max_connections: [`Plan::pipes`]).
+    pub splice_pipes: Option<usize>,
     pub grace: Duration,
     /// Every service's access list (XDP, before any cookie work).
     pub acl: AccessList,
@@ -674,6 +689,10 @@ impl Plan {
             log_level,
             max_connections: max_connections as usize,
             max_connections_set: max_set.is_some(),
+            splice_pipes: match a.splice_pipes.or(l.and_then(|l| l.splice_pipes)) {
+                Some(n) => Some(checked("splice_pipes", n, SPLICE_PIPES_RANGE)? as usize),
+                None => None,
+            },
             grace: Duration::from_secs(grace),
             acl,
             source_prefix_v4: checked(
@@ -707,7 +726,7 @@ impl Plan {
     /// the limit allows when it cannot be raised.
     pub fn fit_descriptors(&mut self) -> Result<(), crate::sys::rlimit::NofileError> {
         if !self.max_connections_set {
-            let fit = crate::sys::rlimit::fitting(self.max_connections);
+            let fit = crate::sys::rlimit::fitting(self.max_connections, self.splice_pipes);
             if fit < self.max_connections {
                 tracing::warn!(
                     "max_connections {fit}: what RLIMIT_NOFILE allows (the default is {}; raise \
@@ -717,7 +736,13 @@ impl Plan {
                 self.max_connections = fit;
             }
         }
-        crate::sys::rlimit::ensure_nofile(self.max_connections).map(|_| ())
+        crate::sys::rlimit::ensure_nofile(self.max_connections, self.pipes()).map(|_| ())
+    }
+
+    /// The relay's pipe pool: as configured, or one per few connections.
+    pub fn pipes(&self) -> usize {
+        self.splice_pipes
+            .unwrap_or_else(|| crate::sys::rlimit::default_pipes(self.max_connections))
     }
 
     /// How many backends all services have together.
@@ -729,7 +754,7 @@ impl Plan {
     /// upgrade): an error naming the first such key, or `Ok` when `new`
     /// may replace `self`.
     pub fn reloadable_as(&self, new: &Plan) -> Result<(), ConfigError> {
-        let fixed: [(&str, bool); 9] = [
+        let fixed: [(&str, bool); 10] = [
             ("control_socket", self.control_socket != new.control_socket),
             ("pid_file", self.pid_file != new.pid_file),
             ("interfaces", self.interfaces != new.interfaces),
@@ -739,6 +764,7 @@ impl Plan {
             ("epoch_secs", self.epoch_secs != new.epoch_secs),
             ("mss", self.mss != new.mss),
             ("metrics", self.metrics != new.metrics),
+            ("splice_pipes", self.splice_pipes != new.splice_pipes),
         ];
         match fixed.iter().find(|(_, changed)| *changed) {
             Some((key, _)) => Err(invalid(format!(

@@ -803,7 +803,7 @@ impl Proxy {
         let p = Arc::new(Proxy {
             table: RwLock::default(),
             services: Mutex::default(),
-            relay: Box::new(TokioRelay),
+            relay: Box::new(TokioRelay::new(plan.pipes())),
             stats: Stats::new(),
             active: AtomicUsize::new(0),
             limit: AtomicUsize::new(plan.max_connections),

@@ -110,7 +110,7 @@ fn out_of_descriptors_ackgate_neither_dies_nor_floods_its_log() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(
-            err.contains("max_connections 1000 needs 2064 file descriptors")
+            err.contains("max_connections 1000 needs 2564 file descriptors")
                 && err.contains("LimitNOFILE="),
             "{err}"
         );
@@ -124,7 +124,7 @@ fn out_of_descriptors_ackgate_neither_dies_nor_floods_its_log() {
         )
         .unwrap();
         assert!(
-            run.output.iter().any(|l| l.contains("max_connections 96")),
+            run.output.iter().any(|l| l.contains("max_connections 77")),
             "{:?}",
             run.output
         );
@@ -168,7 +168,7 @@ fn out_of_descriptors_ackgate_neither_dies_nor_floods_its_log() {
             "{served} of 200 served under RLIMIT_NOFILE 256; {} log lines",
             out.len()
         );
-        assert!(served >= 90, "up to the fitted limit are served: {served}");
+        assert!(served >= 70, "up to the fitted limit are served: {served}");
         // Every handoff was relayed or promptly reset (a reset client's
         // data segment already in flight verifies again: a second handoff,
         // reset in turn).

@@ -11,7 +11,7 @@ use ackgate_lab::Netns;
 use anyhow::{ensure, Result};
 use serde::Serialize;
 
-use super::{cpu_during, ratios, side_by_side, RateRow, Sample, Scenario};
+use super::{cpu_during, ratios, side_by_side, RateRow, Sample, Scenario, RELAYS};
 use crate::{report::Header, Common};
 
 #[derive(clap::Args)]
@@ -39,7 +39,7 @@ pub fn run(a: Args) -> Result<()> {
     let mib = a.common.pick(64, a.mib.max(1));
     let bytes = mib << 20;
     let sc = Scenario::new("bulk", &a.common, bytes)?;
-    let rows = side_by_side(&sc.lab, runs, |t| {
+    let rows = side_by_side(&sc.lab, runs, &RELAYS, |t| {
         let (secs, cpu) = cpu_during(|| download(&sc.lab.cli, t.addr, bytes))?;
         let gbit = bytes as f64 * 8.0 / secs / 1e9;
         eprintln!("bulk {:10} {gbit:6.2} Gbit/s", t.target.label());

@@ -12,7 +12,7 @@ use ackgate_lab::Netns;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{cpu_during, ratios, side_by_side, RateRow, Sample, Scenario};
+use super::{cpu_during, ratios, side_by_side, RateRow, Sample, Scenario, RELAYS};
 use crate::{report::Header, Common};
 
 #[derive(clap::Args)]
@@ -43,7 +43,7 @@ pub fn run(a: Args) -> Result<()> {
     let runs = a.common.pick(1, a.runs.max(1));
     let secs = a.common.pick(1.0, a.seconds);
     let sc = Scenario::new("conn", &a.common, 1)?;
-    let rows = side_by_side(&sc.lab, runs, |t| {
+    let rows = side_by_side(&sc.lab, runs, &RELAYS, |t| {
         let ((rate, failed), cpu) = cpu_during(|| conn_rate(&sc.lab.cli, t.addr, a.clients, secs))?;
         eprintln!(
             "conn {:10} {:>8.0} connections/s ({failed} failed)",

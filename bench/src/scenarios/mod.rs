@@ -171,30 +171,43 @@ pub struct Sample {
     pub failed: u64,
 }
 
-/// Starts the three that can run at once (ackgate protects port 80,
-/// HAProxy listens on 81, which XDP passes, direct goes to the backend) and
-/// measures each in turn, `runs` rounds, so all see the same machine.
+/// The targets relays are compared across.
+pub const RELAYS: [Target; 4] = [
+    Target::Ackgate,
+    Target::AckgateCopy,
+    Target::Haproxy,
+    Target::Direct,
+];
+
+/// Measures each of `targets` in turn, `runs` rounds, so all see the same
+/// machine. Those that can run at once (HAProxy listens on port 81, which
+/// XDP passes; direct goes to the backend) start once; the ones that attach
+/// XDP are started for each of their measurements and stopped after it.
 pub fn side_by_side(
     lab: &BenchLab,
     runs: usize,
+    targets: &[Target],
     mut measure: impl FnMut(&Running) -> Result<Sample>,
 ) -> Result<Vec<RateRow>> {
-    let targets = [
-        lab::start(lab, Target::Ackgate)?,
-        lab::start(lab, Target::Haproxy)?,
-        lab::start(lab, Target::Direct)?,
-    ];
-    let mut samples: [Vec<Sample>; 3] = Default::default();
+    let standing = targets
+        .iter()
+        .map(|&t| (!t.attaches_xdp()).then(|| lab::start(lab, t)).transpose())
+        .collect::<Result<Vec<_>>>()?;
+    let mut samples: Vec<Vec<Sample>> = targets.iter().map(|_| Vec::new()).collect();
     for _ in 0..runs {
-        for (t, s) in targets.iter().zip(&mut samples) {
-            s.push(measure(t)?);
+        for ((&t, running), s) in targets.iter().zip(&standing).zip(&mut samples) {
+            let sample = match running {
+                Some(r) => measure(r)?,
+                None => measure(&lab::start(lab, t)?)?,
+            };
+            s.push(sample);
         }
     }
     Ok(targets
         .iter()
         .zip(samples)
-        .map(|(t, s)| RateRow {
-            target: t.target,
+        .map(|(&target, s)| RateRow {
+            target,
             value: Stat::of(s.iter().map(|x| x.value).collect()),
             cpu_per_unit: Stat::of(s.iter().map(|x| x.cpu_per_unit).collect()),
             failed: s.iter().map(|x| x.failed).sum(),
