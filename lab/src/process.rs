@@ -23,9 +23,14 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `cmd`, collecting its stdout and stderr.
+    /// Starts `cmd` in a process group of its own, collecting its stdout
+    /// and stderr.
     pub fn spawn(name: &str, mut cmd: Command) -> Result<Self> {
+        use std::os::unix::process::CommandExt as _;
         unblock_signals(&mut cmd);
+        // Dropping kills the whole group: a server's workers (nginx's)
+        // would outlive a killed master and keep running.
+        cmd.process_group(0);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
         let (tx, rx) = mpsc::channel();
@@ -131,6 +136,7 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        let _ = kill(nix::unistd::Pid::from_raw(-(self.child.id() as i32)), Signal::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

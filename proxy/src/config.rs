@@ -68,6 +68,8 @@ pub const LOG_LEVEL: &str = "info";
 pub const DEFAULT_SERVICE: &str = "default";
 /// Interfaces one instance protects at most.
 pub const MAX_INTERFACES: usize = 8;
+/// Engine threads at most (the default is one per core).
+pub const THREADS_RANGE: RangeInclusive<u64> = 1..=256;
 /// Pipes the zero-copy relay may pool (0: copy every byte through
 /// userspace); the default follows max_connections
 /// ([`crate::sys::rlimit::default_pipes`]).
@@ -134,6 +136,20 @@ pub struct RunArgs {
     /// `ackgate reload --pid-file`.
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
+    /// How verified flows become sockets: `io_uring` submits each flow's
+    /// materialization (socket, TCP_REPAIR options, bind, connect, window
+    /// update) as linked operations, many flows per system call; `tokio`
+    /// makes ~15 system calls per flow. `auto` takes io_uring when the
+    /// kernel allows it (kernel.io_uring_disabled, seccomp) and says which
+    /// runs; an explicit io_uring that the kernel refuses is an error.
+    /// Both relay with splice(2) [default: auto].
+    #[arg(long, value_enum)]
+    pub engine: Option<EngineArg>,
+    #[arg(long, help = format!(
+        "Engine threads, {}-{}: relays and handoffs are spread across them \
+         [default: one per core]",
+        THREADS_RANGE.start(), THREADS_RANGE.end()))]
+    pub threads: Option<u64>,
     /// PROXY protocol header sent to backends [default: off].
     #[arg(long, value_enum)]
     pub proxy_protocol: Option<proxyproto::Mode>,
@@ -228,6 +244,21 @@ pub enum XdpModeArg {
     Off,
 }
 
+/// `--engine`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineArg {
+    /// epoll readiness, one system call per step.
+    Tokio,
+    /// io_uring: linked submissions for handoffs (kernel 6.11+).
+    #[value(name = "io_uring")]
+    #[serde(rename = "io_uring")]
+    IoUring,
+    /// io_uring when the kernel allows it, else tokio.
+    #[default]
+    Auto,
+}
+
 /// The TOML file. Every key is optional; unknown keys are rejected.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,6 +274,8 @@ pub struct FileConfig {
     pub syn_only: Option<bool>,
     pub secret_file: Option<PathBuf>,
     pub xdp_mode: Option<XdpModeArg>,
+    pub engine: Option<EngineArg>,
+    pub threads: Option<u64>,
     pub pid_file: Option<PathBuf>,
     pub control_socket: Option<PathBuf>,
     pub epoch_secs: Option<u32>,
@@ -333,6 +366,9 @@ pub struct Plan {
     pub secret_file: Option<PathBuf>,
     /// `None`: `--xdp-mode off`.
     pub mode: Option<AttachMode>,
+    pub engine: EngineArg,
+    /// Engine threads.
+    pub threads: usize,
     pub pid_file: Option<PathBuf>,
     pub control_socket: Option<PathBuf>,
     /// Start by taking over from the instance on `control_socket`.
@@ -670,12 +706,18 @@ impl Plan {
                 "allow/deny lists are enforced in XDP: not available with xdp_mode = off",
             ));
         }
+        let threads = match a.threads.or(f.threads) {
+            Some(n) => checked("threads", n, THREADS_RANGE)? as usize,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
         Ok(Plan {
             interfaces,
             services,
             syn_only,
             secret_file: a.secret_file.clone().or_else(|| f.secret_file.clone()),
             mode,
+            engine: a.engine.or(f.engine).unwrap_or_default(),
+            threads,
             pid_file: a.pid_file.clone().or_else(|| f.pid_file.clone()),
             control_socket: a
                 .control_socket
@@ -754,7 +796,7 @@ impl Plan {
     /// upgrade): an error naming the first such key, or `Ok` when `new`
     /// may replace `self`.
     pub fn reloadable_as(&self, new: &Plan) -> Result<(), ConfigError> {
-        let fixed: [(&str, bool); 10] = [
+        let fixed: [(&str, bool); 12] = [
             ("control_socket", self.control_socket != new.control_socket),
             ("pid_file", self.pid_file != new.pid_file),
             ("interfaces", self.interfaces != new.interfaces),
@@ -765,6 +807,8 @@ impl Plan {
             ("mss", self.mss != new.mss),
             ("metrics", self.metrics != new.metrics),
             ("splice_pipes", self.splice_pipes != new.splice_pipes),
+            ("engine", self.engine != new.engine),
+            ("threads", self.threads != new.threads),
         ];
         match fixed.iter().find(|(_, changed)| *changed) {
             Some((key, _)) => Err(invalid(format!(

@@ -7,6 +7,11 @@
 //! * Plain (`--xdp-mode off`): kernel listeners (kernel SYN cookies) and the
 //!   same relay.
 //!
+//! Two engines drive the same logic: `tokio` materializes each verified
+//! flow with one system call per step; `io_uring` submits a batch of flows
+//! as linked operations in one call ([`crate::handoff::uring`]). Both relay
+//! with splice(2) on tokio's threads (`--threads`).
+//!
 //! SIGHUP reloads the configuration in place: the protected set, services,
 //! backends and limits change for new flows; XDP stays attached, keys stay,
 //! running relays keep the service they started with.
@@ -30,8 +35,12 @@ use tokio::{
 };
 
 use crate::{
-    config::{Plan, RunArgs},
-    handoff::{materialize, retransmit::Retransmitter},
+    config::{EngineArg, Plan, RunArgs},
+    handoff::{
+        materialize,
+        retransmit::Retransmitter,
+        uring::{self, UringHandoff},
+    },
     relay::{
         backends::Backends,
         proxyproto, reset,
@@ -53,6 +62,9 @@ use crate::{
 const TICK: Duration = Duration::from_millis(100);
 /// Remembered SYN-ACKs are checked every this many ticks.
 const RETRANSMIT_TICKS: u64 = 2;
+/// Most verified flows one io_uring submission materializes (and most
+/// events taken off the ring before they are materialized).
+const BATCH: u32 = 64;
 /// A recurring local failure is logged at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -70,13 +82,56 @@ pub fn run(mut plan: Plan, args: RunArgs, exporter: Option<Exporter>) -> Result<
         Secret::from_file(p)?;
     }
     plan.fit_descriptors()?;
+    let engine = Engine::choose(plan.engine)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(plan.threads)
         .enable_all()
         .build()?;
-    rt.block_on(serve(plan, args, exporter))
+    rt.block_on(serve(plan, args, exporter, engine))
 }
 
-async fn serve(mut plan: Plan, args: RunArgs, exporter: Option<Exporter>) -> Result<()> {
+/// The engine an instance runs, chosen once at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Tokio,
+    IoUring,
+}
+
+impl Engine {
+    /// `auto` takes io_uring when this kernel and sandbox allow it and says
+    /// why not otherwise; an explicit `io_uring` that cannot run is an
+    /// error, never a silent fallback.
+    pub fn choose(want: EngineArg) -> Result<Self> {
+        match want {
+            EngineArg::Tokio => Ok(Engine::Tokio),
+            EngineArg::IoUring => {
+                uring::probe().context("engine io_uring cannot run here (try --engine tokio)")?;
+                Ok(Engine::IoUring)
+            }
+            EngineArg::Auto => match uring::probe() {
+                Ok(()) => Ok(Engine::IoUring),
+                Err(e) => {
+                    tracing::info!("engine auto: io_uring unavailable ({e}): using tokio");
+                    Ok(Engine::Tokio)
+                }
+            },
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Engine::Tokio => "tokio",
+            Engine::IoUring => "io_uring",
+        }
+    }
+}
+
+async fn serve(
+    mut plan: Plan,
+    args: RunArgs,
+    exporter: Option<Exporter>,
+    engine: Engine,
+) -> Result<()> {
     let mut signals = Signals::new()?;
     if let Some(e) = exporter {
         tokio::spawn(e.serve());
@@ -130,7 +185,7 @@ async fn serve(mut plan: Plan, args: RunArgs, exporter: Option<Exporter>) -> Res
         tokio::spawn(takeover::serve(takeover::bind(sock)?, control_tx));
     }
     let mut flows = match (&mut gate, sender) {
-        (Some(g), Some(sender)) => Some(Flows::new(g, sender, &plan)?),
+        (Some(g), Some(sender)) => Some(Flows::new(g, sender, &plan, engine)?),
         _ => None,
     };
     let mut ring = match &mut gate {
@@ -142,7 +197,7 @@ async fn serve(mut plan: Plan, args: RunArgs, exporter: Option<Exporter>) -> Res
         listeners.apply(&plan, p).await?;
     }
     let _pid = PidFile::write(plan.pid_file.as_deref())?;
-    announce(&plan, &gate, &proxy);
+    announce(&plan, &gate, &proxy, engine);
 
     let mut tick = tokio::time::interval(TICK);
     let mut n = 0u64;
@@ -153,11 +208,7 @@ async fn serve(mut plan: Plan, args: RunArgs, exporter: Option<Exporter>) -> Res
             g = readable(&mut ring) => {
                 let mut g = g?;
                 if let (Some(f), Some(p)) = (&mut flows, &proxy) {
-                    while let Some(item) = g.get_inner_mut().next() {
-                        if let Some(e) = ring::event(&item) {
-                            f.take(p, &e);
-                        }
-                    }
+                    f.drain(p, g.get_inner_mut());
                 }
                 g.clear_ready();
             }
@@ -239,12 +290,7 @@ async fn serve(mut plan: Plan, args: RunArgs, exporter: Option<Exporter>) -> Res
         g.r.set_handoff(false)?;
     }
     if let (Some(r), Some(f), Some(p)) = (&mut ring, &mut flows, &proxy) {
-        let r = r.get_mut();
-        while let Some(item) = r.next() {
-            if let Some(e) = ring::event(&item) {
-                f.take(p, &e);
-            }
-        }
+        f.drain(p, r.get_mut());
     }
     listeners.close();
     match &proxy {
@@ -291,7 +337,7 @@ async fn reload(
 }
 
 /// The start-up lines operators (and the tests) look for.
-fn announce(plan: &Plan, gate: &Option<Gate>, proxy: &Option<Arc<Proxy>>) {
+fn announce(plan: &Plan, gate: &Option<Gate>, proxy: &Option<Arc<Proxy>>, engine: Engine) {
     let list = |v: &mut dyn Iterator<Item = SocketAddr>| {
         v.map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
     };
@@ -329,6 +375,19 @@ fn announce(plan: &Plan, gate: &Option<Gate>, proxy: &Option<Arc<Proxy>>) {
     } else {
         "no XDP: kernel SYN cookies;"
     };
+    let handoffs = match (gate, engine) {
+        (None, _) => String::new(),
+        (Some(_), Engine::Tokio) => "handoffs one system call per step, ".into(),
+        (Some(_), Engine::IoUring) => {
+            format!("handoffs in linked submissions of up to {BATCH} flows, ")
+        }
+    };
+    tracing::info!(
+        "engine {} on {} threads: {handoffs}relay by splice(2) through up to {} pipes",
+        engine.label(),
+        plan.threads,
+        plan.pipes()
+    );
     tracing::info!(
         "proxy ready: {how} go to {} backends of {} services",
         p.backend_count(),
@@ -625,6 +684,8 @@ struct Flows {
     retransmit: Retransmitter,
     server_first: Vec<SocketAddr>,
     wscale: u8,
+    /// The io_uring engine's ring; `None`: the tokio engine's system calls.
+    uring: Option<UringHandoff>,
 }
 
 fn server_first(plan: &Plan) -> Vec<SocketAddr> {
@@ -635,49 +696,86 @@ fn server_first(plan: &Plan) -> Vec<SocketAddr> {
 }
 
 impl Flows {
-    fn new(g: &mut Gate, sender: RawSender, plan: &Plan) -> Result<Self> {
+    fn new(g: &mut Gate, sender: RawSender, plan: &Plan, engine: Engine) -> Result<Self> {
+        let uring = match engine {
+            Engine::Tokio => None,
+            Engine::IoUring => Some(UringHandoff::new(BATCH).context("the io_uring engine's ring")?),
+        };
         Ok(Flows {
             sender,
             retransmit: Retransmitter::new(g.r.take_recent()?),
             server_first: server_first(plan),
             wscale: g.settings.wscale,
+            uring,
         })
     }
 
-    /// One ring event: materialize, then connect and relay on a task.
-    fn take(&mut self, p: &Arc<Proxy>, e: &ackgate_common::wire::Handoff) {
-        let flow = match Flow::from_event(e) {
-            Ok(f) => f,
-            Err(err) => {
-                tracing::debug!(error = %err, "handoff event rejected");
-                p.stats.handoff_failed(err.reason());
+    /// Everything on the ring, in batches of up to [`BATCH`] events.
+    fn drain(&mut self, p: &Arc<Proxy>, r: &mut RingBuf<MapData>) {
+        let mut events = Vec::with_capacity(BATCH as usize);
+        loop {
+            events.clear();
+            while events.len() < BATCH as usize {
+                let Some(item) = r.next() else { break };
+                events.extend(ring::event(&item));
+            }
+            if events.is_empty() {
                 return;
             }
-        };
-        // Verified before a reload removed its service: nothing to hand it
-        // to. Its next segment reaches the kernel, which resets it.
-        let Some(route) = p.route(flow.service) else {
-            tracing::debug!(client = %flow.client, service = %flow.service, "handoff for a removed service");
-            p.stats.handoff_failed("no_service");
-            return;
-        };
-        let client = match materialize(&flow, self.wscale, &self.sender) {
-            Ok(s) => s,
-            Err(err) => {
-                tracing::debug!(client = %flow.client, service = %flow.service, error = %err, "handoff failed");
-                p.stats.handoff_failed(err.reason());
-                return;
-            }
-        };
-        // Both stamps are CLOCK_MONOTONIC; a zero stamp (an old program)
-        // must not record 584 years.
-        let latency = (e.ktime_ns != 0)
-            .then(|| Duration::from_nanos(clock::monotonic_ns().saturating_sub(e.ktime_ns)));
-        p.stats.handoff(latency);
-        if self.server_first.contains(&flow.service) {
-            self.retransmit.forget(flow.client, flow.service);
+            self.take(p, &events);
         }
-        p.open(client, flow.client, flow.service, route);
+    }
+
+    /// Ring events: materialized (one batch with io_uring), then each
+    /// connected and relayed on a task.
+    fn take(&mut self, p: &Arc<Proxy>, events: &[ackgate_common::wire::Handoff]) {
+        let mut flows = Vec::with_capacity(events.len());
+        let mut meta = Vec::with_capacity(events.len());
+        for e in events {
+            let flow = match Flow::from_event(e) {
+                Ok(f) => f,
+                Err(err) => {
+                    tracing::debug!(error = %err, "handoff event rejected");
+                    p.stats.handoff_failed(err.reason());
+                    continue;
+                }
+            };
+            // Verified before a reload removed its service: nothing to hand
+            // it to. Its next segment reaches the kernel, which resets it.
+            let Some(route) = p.route(flow.service) else {
+                tracing::debug!(client = %flow.client, service = %flow.service, "handoff for a removed service");
+                p.stats.handoff_failed("no_service");
+                continue;
+            };
+            flows.push(flow);
+            meta.push((route, e.ktime_ns));
+        }
+        let made = match &mut self.uring {
+            Some(u) => u.materialize(&flows, self.wscale, &self.sender),
+            None => flows
+                .iter()
+                .map(|f| materialize(f, self.wscale, &self.sender))
+                .collect(),
+        };
+        for ((flow, (route, ktime_ns)), made) in flows.iter().zip(meta).zip(made) {
+            let client = match made {
+                Ok(s) => s,
+                Err(err) => {
+                    tracing::debug!(client = %flow.client, service = %flow.service, error = %err, "handoff failed");
+                    p.stats.handoff_failed(err.reason());
+                    continue;
+                }
+            };
+            // Both stamps are CLOCK_MONOTONIC; a zero stamp (an old
+            // program) must not record 584 years.
+            let latency = (ktime_ns != 0)
+                .then(|| Duration::from_nanos(clock::monotonic_ns().saturating_sub(ktime_ns)));
+            p.stats.handoff(latency);
+            if self.server_first.contains(&flow.service) {
+                self.retransmit.forget(flow.client, flow.service);
+            }
+            p.open(client, flow.client, flow.service, route);
+        }
     }
 }
 
