@@ -6,6 +6,14 @@
 //! Rounds alternate between the two, so both see the same machine. Reported:
 //! connect-to-first-byte percentiles for each and the difference, and the
 //! rate of completed connections with several clients at once.
+//!
+//! Then the materialization alone, on one thread: synthetic flows (client
+//! addresses routed into an ARP-less veth of the gateway, so the window
+//! updates go nowhere and no client is needed) made into sockets by the
+//! synchronous path and by io_uring batches of several sizes, interleaved
+//! in rounds; reported as handoffs per second and the latency of one call
+//! (a flow's socket exists when its batch's call returns). Sockets are
+//! closed with SO_LINGER 0 after each timed call, outside the timing.
 
 use std::{
     io::{Read, Write},
@@ -14,6 +22,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ackgate::{
+    handoff::{materialize, uring::UringHandoff},
+    sys::raw::RawSender,
+    xdp::ring::Flow,
+};
 use ackgate_lab::{harness::Attached, servers::StopOnDrop, Lab, Process};
 use anyhow::{ensure, Result};
 use serde::Serialize;
@@ -56,6 +69,20 @@ struct Report {
     added_p99_us: f64,
     rate_ackgate_per_s: f64,
     rate_direct_per_s: f64,
+    /// One thread materializing synthetic flows, by path.
+    materialize: Vec<Materialize>,
+}
+
+#[derive(Serialize)]
+struct Materialize {
+    /// `sync`, or `io_uring` with `batch` flows per call.
+    path: &'static str,
+    batch: usize,
+    /// Per round: flows materialized per second of calls.
+    handoffs_per_s: report::Stat,
+    /// Median over all calls of one call's duration: a flow's latency.
+    call_median_us: f64,
+    call_p99_us: f64,
 }
 
 fn pct(v: &[Duration]) -> Percentiles {
@@ -144,6 +171,11 @@ pub fn run(a: Args) -> Result<()> {
                     Ok((ag, direct, ra, rd))
                 })??;
         drop(ackgate);
+        let rounds = a.common.pick(3, 7);
+        let per_round = a.common.pick(256, 2048);
+        let materialize = lab
+            .gw
+            .run(|| materialize_rates(&lab, rounds, per_round))??;
         let (ag, direct, ra, rd) = result;
         let (pa, pd) = (pct(&ag), pct(&direct));
         Ok(Report {
@@ -159,6 +191,7 @@ pub fn run(a: Args) -> Result<()> {
             ttfb_direct: pd,
             rate_ackgate_per_s: ra,
             rate_direct_per_s: rd,
+            materialize,
         })
     })?;
     let md = format!(
@@ -178,6 +211,137 @@ pub fn run(a: Args) -> Result<()> {
         rep.added_median_us,
         rep.added_p99_us,
         rep.rate_ackgate_per_s / rep.rate_direct_per_s,
-    );
+    ) + &materialize_md(&rep.materialize);
     report::write(&a.common.out, "handoff", &rep, &md, &[])
+}
+
+/// Batch sizes of the io_uring path; 0 stands for the synchronous path.
+const PATHS: [usize; 4] = [0, 1, 16, 64];
+/// Where synthetic clients live: routed into a veth that drops it all.
+const FAKE_CLIENTS: &str = "203.0.113.0/24";
+
+/// Synthetic flow `n` to `service`: a distinct client address and port,
+/// the options a Linux client negotiates.
+fn fake_flow(service: SocketAddr, n: u32) -> Flow {
+    Flow {
+        client: SocketAddr::from((
+            [203, 0, 113, 1 + (n % 250) as u8],
+            10_000 + (n / 250 % 50_000) as u16,
+        )),
+        service,
+        client_isn: n.wrapping_mul(2_654_435_761),
+        cookie: n.wrapping_mul(40_503),
+        mss: 1460,
+        client_wscale: Some(7),
+        sack: true,
+        timestamps: true,
+        client_tsval: n,
+        synack_tsval: n << 8,
+        client_window: 502,
+        probe: false,
+    }
+}
+
+/// Closes `s` at once (RST into the void, no TIME_WAIT), so the
+/// next round can reuse its 4-tuple.
+fn close_now(s: std::net::TcpStream) {
+    let _ = nix::sys::socket::setsockopt(
+        &s,
+        nix::sys::socket::sockopt::Linger,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    );
+}
+
+/// In the gateway namespace: `rounds` rounds of `per_round` flows for each
+/// path, the paths interleaved within a round.
+fn materialize_rates(lab: &Lab, rounds: usize, per_round: usize) -> Result<Vec<Materialize>> {
+    // A veth pair of the gateway's own (no dummy driver everywhere): with
+    // ARP off, bh0 sends to its own MAC and bh1 drops what it receives.
+    lab.gw.exec(&[
+        "ip", "link", "add", "bh0", "type", "veth", "peer", "name", "bh1",
+    ])?;
+    lab.gw.exec(&["ip", "link", "set", "bh1", "up"])?;
+    lab.gw
+        .exec(&["ip", "link", "set", "bh0", "arp", "off", "up"])?;
+    lab.gw
+        .exec(&["ip", "route", "add", FAKE_CLIENTS, "dev", "bh0"])?;
+    let service: SocketAddr = (lab.vip4, 7100).into();
+    let sender = RawSender::new()?;
+    let mut u = UringHandoff::new(64)?;
+    let wscale = 7;
+    let mut n = 0u32;
+    let mut next = |k: usize| -> Vec<Flow> {
+        (0..k)
+            .map(|_| {
+                n = n.wrapping_add(1);
+                fake_flow(service, n)
+            })
+            .collect()
+    };
+    // Learn the receive window (the first flow of a kind is synchronous).
+    for r in u.materialize(&next(1), wscale, &sender) {
+        close_now(r?);
+    }
+    let mut rates = vec![Vec::new(); PATHS.len()];
+    let mut calls = vec![Vec::new(); PATHS.len()];
+    for _ in 0..rounds {
+        for (p, &batch) in PATHS.iter().enumerate() {
+            let mut busy = Duration::ZERO;
+            let mut done = 0;
+            while done < per_round {
+                let flows = next(batch.max(1));
+                let t0 = Instant::now();
+                let socks: Vec<_> = if batch == 0 {
+                    vec![materialize(&flows[0], wscale, &sender)]
+                } else {
+                    u.materialize(&flows, wscale, &sender)
+                };
+                let t = t0.elapsed();
+                busy += t;
+                calls[p].push(t.as_secs_f64() * 1e6);
+                for s in socks {
+                    close_now(s?);
+                }
+                done += flows.len();
+            }
+            rates[p].push(done as f64 / busy.as_secs_f64());
+        }
+    }
+    Ok(PATHS
+        .iter()
+        .zip(rates.into_iter().zip(calls))
+        .map(|(&batch, (r, mut c))| {
+            c.sort_by(f64::total_cmp);
+            Materialize {
+                path: if batch == 0 { "sync" } else { "io_uring" },
+                batch: batch.max(1),
+                handoffs_per_s: report::Stat::of(r),
+                call_median_us: report::quantile(&c, 0.5),
+                call_p99_us: report::quantile(&c, 0.99),
+            }
+        })
+        .collect())
+}
+
+fn materialize_md(m: &[Materialize]) -> String {
+    let mut s = String::from(
+        "\n### Handoff: materializations per second of one thread (synthetic flows)\n\n\
+         | path | flows per call | handoffs/s median (min-max) | call median | call p99 | per flow |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    for x in m {
+        s += &format!(
+            "| {} | {} | {} | {:.1} us | {:.1} us | {:.2} us |\n",
+            x.path,
+            x.batch,
+            x.handoffs_per_s.show(0),
+            x.call_median_us,
+            x.call_p99_us,
+            1e6 / x.handoffs_per_s.median,
+        );
+    }
+    s
 }

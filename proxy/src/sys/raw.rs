@@ -4,7 +4,7 @@
 use std::{
     io,
     net::{IpAddr, SocketAddr},
-    os::fd::OwnedFd,
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
 };
 
 use super::sockopt;
@@ -39,6 +39,17 @@ impl RawSender {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "mixed address families"))?;
         let fd = if dst.is_ipv4() { &self.v4 } else { &self.v6 };
         sockopt::send_to(fd, &p, &SocketAddr::new(dst, 0))
+    }
+
+    /// The socket that sends packets to `dst` (for senders of their own,
+    /// such as an io_uring submission; the destination address is `dst`
+    /// with port 0).
+    pub fn fd_for(&self, dst: IpAddr) -> BorrowedFd<'_> {
+        if dst.is_ipv4() {
+            self.v4.as_fd()
+        } else {
+            self.v6.as_fd()
+        }
     }
 }
 

@@ -117,8 +117,9 @@ pub fn send_to(fd: &OwnedFd, buf: &[u8], a: &SocketAddr) -> io::Result<()> {
     Ok(())
 }
 
-/// `a` as a `sockaddr_in`/`sockaddr_in6` inside a `sockaddr_storage`.
-fn sockaddr(a: &SocketAddr) -> (libc::sockaddr_storage, u32) {
+/// `a` as a `sockaddr_in`/`sockaddr_in6` inside a `sockaddr_storage`, and
+/// the length the kernel reads.
+pub fn sockaddr(a: &SocketAddr) -> (libc::sockaddr_storage, u32) {
     // SAFETY: all-zero bytes are a valid sockaddr_storage.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let p = (&mut ss as *mut libc::sockaddr_storage).cast::<u8>();
