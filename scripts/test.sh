@@ -41,6 +41,10 @@ r = json.load(open(sys.argv[1]))
 for k in ("ttfb_ackgate", "ttfb_direct"):
     assert r[k]["median_us"] > 0 and r[k]["p99_us"] >= r[k]["median_us"], r[k]
 assert r["rate_ackgate_per_s"] > 0 and r["rate_direct_per_s"] > 0, r
+m = [(x["path"], x["batch"]) for x in r["materialize"]]
+assert m == [("sync", 1), ("io_uring", 1), ("io_uring", 16), ("io_uring", 64)], m
+for x in r["materialize"]:
+    assert x["handoffs_per_s"]["median"] > 0 and x["call_median_us"] > 0, x
 print("handoff bench smoke ok")
 PY
 ./target/release/ackgate-bench clients --quick --out "$out" >/dev/null

@@ -360,6 +360,7 @@ impl UringHandoff {
         let slots = max_batch.max(1);
         let entries = (slots * CHAIN_MAX).next_power_of_two();
         let ring = IoUring::builder()
+            .setup_coop_taskrun()
             .setup_cqsize(entries * 2)
             .build(entries)
             .map_err(setup_error)?;
