@@ -7,6 +7,17 @@ pub use ackgate_lab::bench_lab::*;
 use ackgate_lab::{workspace_bin, Process};
 use anyhow::{Context as _, Result};
 
+/// Extra arguments for every ackgate a scenario starts (`--ackgate-arg`).
+static EXTRA_ARGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+pub fn set_extra_args(args: &[String]) {
+    *EXTRA_ARGS.lock().unwrap() = args.to_vec();
+}
+
+pub fn extra_args() -> Vec<String> {
+    EXTRA_ARGS.lock().unwrap().clone()
+}
+
 /// nginx (Debian's) in the backend namespace: `/` is a 2-byte "ok", `/bulk`
 /// a sparse file of `bulk_bytes`.
 pub fn nginx(lab: &BenchLab, bulk_bytes: u64) -> Result<Process> {
@@ -42,10 +53,13 @@ http {{
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
-    /// ackgate: XDP SYN cookies, verified-ACK handoff, its relay.
+    /// ackgate: XDP SYN cookies, verified-ACK handoff, its relay; the
+    /// io_uring engine (what `auto` picks on this kernel).
     Ackgate,
-    /// ackgate with `--splice-pipes 0`: every relayed byte copied through
-    /// userspace (the relay before splice).
+    /// ackgate's tokio engine: one system call per handoff step.
+    AckgateTokio,
+    /// The tokio engine with `--splice-pipes 0`: every relayed byte copied
+    /// through userspace (the relay before splice).
     AckgateCopy,
     /// `tcp_syncookies=2` and a plain listener (`ackgate --xdp-mode off`,
     /// the same relay).
@@ -62,7 +76,8 @@ impl Target {
     pub fn label(self) -> &'static str {
         match self {
             Target::Ackgate => "ackgate",
-            Target::AckgateCopy => "ackgate (copy)",
+            Target::AckgateTokio => "ackgate tokio",
+            Target::AckgateCopy => "ackgate tokio copy",
             Target::Syncookies => "kernel syncookies",
             Target::Synproxy => "nftables synproxy",
             Target::Haproxy => "haproxy",
@@ -73,7 +88,10 @@ impl Target {
     /// Whether the target attaches XDP to the proxy's interface, so only
     /// one such target can run at a time.
     pub fn attaches_xdp(self) -> bool {
-        matches!(self, Target::Ackgate | Target::AckgateCopy)
+        matches!(
+            self,
+            Target::Ackgate | Target::AckgateTokio | Target::AckgateCopy
+        )
     }
 }
 
@@ -146,7 +164,7 @@ pub fn start(lab: &BenchLab, target: Target) -> Result<Running> {
     let mut nft = false;
     let procs = match target {
         Target::Direct => vec![],
-        Target::Ackgate | Target::AckgateCopy => {
+        Target::Ackgate | Target::AckgateTokio | Target::AckgateCopy => {
             let mut cmd = lab.px.command(workspace_bin("ackgate")?.to_str().unwrap());
             cmd.args([
                 "run",
@@ -163,9 +181,12 @@ pub fn start(lab: &BenchLab, target: Target) -> Result<Running> {
                 "--metrics",
                 METRICS,
             ]);
-            if target == Target::AckgateCopy {
-                cmd.args(["--splice-pipes", "0"]);
-            }
+            cmd.args(extra_args());
+            match target {
+                Target::Ackgate => cmd.args(["--engine", "io_uring"]),
+                Target::AckgateTokio => cmd.args(["--engine", "tokio"]),
+                _ => cmd.args(["--engine", "tokio", "--splice-pipes", "0"]),
+            };
             let mut p = Process::spawn("ackgate", cmd)?;
             wait_listening(&lab.cli, vip, "ackgate", &mut p)?;
             vec![p]

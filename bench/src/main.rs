@@ -60,6 +60,10 @@ pub struct Common {
     /// Directory for the JSON and Markdown reports.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
+    /// An extra argument for every ackgate the scenario starts (repeat for
+    /// several), e.g. `--ackgate-arg=--threads=1`; the report records them.
+    #[arg(long = "ackgate-arg", value_name = "ARG", allow_hyphen_values = true)]
+    ackgate_args: Vec<String>,
 }
 
 impl Common {

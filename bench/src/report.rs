@@ -104,6 +104,8 @@ pub struct Header {
     pub benchmark: &'static str,
     pub machine: Machine,
     pub runs: usize,
+    /// `--ackgate-arg`s every ackgate of the run was given.
+    pub ackgate_args: Vec<String>,
 }
 
 impl Header {
@@ -112,16 +114,21 @@ impl Header {
             benchmark,
             machine: Machine::probe(),
             runs,
+            ackgate_args: crate::lab::extra_args(),
         }
     }
 
     /// Title, machine, and the command line that made the numbers.
     pub fn markdown(&self, title: &str, quick: bool) -> String {
         format!(
-            "### {title}\n\n{}\n\n`ackgate-bench {}{}`",
+            "### {title}\n\n{}\n\n`ackgate-bench {}{}{}`",
             self.machine.line(),
             self.benchmark,
-            if quick { " --quick" } else { "" }
+            if quick { " --quick" } else { "" },
+            self.ackgate_args
+                .iter()
+                .map(|a| format!(" --ackgate-arg={a}"))
+                .collect::<String>()
         )
     }
 }

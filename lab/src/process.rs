@@ -136,7 +136,10 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let _ = kill(nix::unistd::Pid::from_raw(-(self.child.id() as i32)), Signal::SIGKILL);
+        let _ = kill(
+            nix::unistd::Pid::from_raw(-(self.child.id() as i32)),
+            Signal::SIGKILL,
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

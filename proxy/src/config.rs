@@ -143,7 +143,7 @@ pub struct RunArgs {
     /// kernel allows it (kernel.io_uring_disabled, seccomp) and says which
     /// runs; an explicit io_uring that the kernel refuses is an error.
     /// Both relay with splice(2) [default: auto].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "ACKGATE_ENGINE")]
     pub engine: Option<EngineArg>,
     #[arg(long, help = format!(
         "Engine threads, {}-{}: relays and handoffs are spread across them \

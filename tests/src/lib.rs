@@ -49,19 +49,46 @@ pub fn counter(c: &[(String, u64)], name: &str) -> u64 {
 
 /// `ackgate run --iface <gateway interface> --stats-interval 0 ARGS...` in
 /// the lab's gateway namespace, once it has printed a line containing
-/// `ready`.
+/// `ready`; a proxy (backends or a file) must also be running the
+/// expected engine.
 pub fn run_ackgate_until(lab: &lab::Lab, args: &[&str], ready: &str) -> Process {
     let mut cmd = lab.gw.command(ackgate_bin().to_str().unwrap());
     cmd.args(["run", "--iface", lab.gw_if, "--stats-interval", "0"])
         .args(args);
-    Process::start("ackgate", cmd, ready, Duration::from_secs(30)).expect("ackgate starts")
+    let mut p =
+        Process::start("ackgate", cmd, ready, Duration::from_secs(30)).expect("ackgate starts");
+    if args.iter().any(|a| *a == "--backend" || *a == "--config") {
+        if !p.output.iter().any(|l| l.contains("proxy ready")) {
+            p.wait_for("proxy ready", Duration::from_secs(30))
+                .expect("proxy ready");
+        }
+        assert_engine(&p);
+    }
+    p
 }
 
 /// Where the end-to-end tests' ackgate serves its metrics (in the gateway).
 pub const METRICS: &str = "127.0.0.1:9469";
 
+/// The engine the end-to-end tests' ackgate must run: `ACKGATE_ENGINE`
+/// (which ackgate reads too; the test script runs the proxy tests once per
+/// engine), else what `auto` picks on this kernel, io_uring.
+pub fn expected_engine() -> String {
+    std::env::var("ACKGATE_ENGINE").unwrap_or_else(|_| "io_uring".into())
+}
+
+/// Panics unless `p` said it runs the expected engine.
+pub fn assert_engine(p: &Process) {
+    let want = format!("engine {} on", expected_engine());
+    assert!(
+        p.output.iter().any(|l| l.contains(&want)),
+        "ackgate should run {want:?}: {:?}",
+        p.output
+    );
+}
+
 /// ackgate proxying `{vip4,[vip6]}:8080` to `backend`, with metrics on
-/// [`METRICS`], once its proxy is ready.
+/// [`METRICS`], once its proxy is ready (running the expected engine).
 pub fn run_proxy(lab: &lab::Lab, backend: &str) -> Process {
     let (v4, v6) = (format!("{}:8080", lab.vip4), format!("[{}]:8080", lab.vip6));
     run_ackgate_until(

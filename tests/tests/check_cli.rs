@@ -48,6 +48,14 @@ fn the_example_config_checks_and_bad_files_name_their_error() {
             "iface = \"eth0\"\nlisten = [\"::1:80\"]\nsyn_only = true\n",
             "listen[0]",
         ),
+        (
+            "iface = \"eth0\"\nlisten = [\"192.0.2.1:80\"]\nsyn_only = true\nengine = \"uring\"\n",
+            "unknown variant `uring`, expected one of `tokio`, `io_uring`, `auto`",
+        ),
+        (
+            "iface = \"eth0\"\nlisten = [\"192.0.2.1:80\"]\nsyn_only = true\nthreads = 0\n",
+            "threads 0: must be 1-256",
+        ),
     ] {
         let f = dir.join("bad.toml");
         std::fs::write(&f, text).unwrap();

@@ -27,7 +27,8 @@ use ackgate::{
 use ackgate_common::cookie;
 use ackgate_lab::{frame, harness::Attached, ip, unique, Capture, Netns};
 use ackgate_tests::{
-    ackgate_bin, counter, echo_server, last_counters, require_root, Process, StopOnDrop,
+    ackgate_bin, assert_engine, counter, echo_server, last_counters, require_root, Process,
+    StopOnDrop,
 };
 
 const SECRET: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
@@ -126,7 +127,8 @@ impl Fleet {
         };
         let (mut a, mut b) = (spawn(&self.gw1, "g1"), spawn(&self.gw2, "g2"));
         for p in [&mut a, &mut b] {
-            p.wait_for("attached to", Duration::from_secs(60)).unwrap();
+            p.wait_for("proxy ready", Duration::from_secs(60)).unwrap();
+            assert_engine(p);
         }
         (a, b)
     }

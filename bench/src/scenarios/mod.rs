@@ -36,6 +36,7 @@ pub struct Scenario<'a> {
 impl<'a> Scenario<'a> {
     /// A fresh lab; nginx serves `/` and a `/bulk` of `bulk_bytes`.
     pub fn new(name: &'static str, common: &'a Common, bulk_bytes: u64) -> Result<Self> {
+        lab::set_extra_args(&common.ackgate_args);
         let lab = BenchLab::new()?;
         let nginx = lab::nginx(&lab, bulk_bytes)?;
         Ok(Scenario {
@@ -172,8 +173,9 @@ pub struct Sample {
 }
 
 /// The targets relays are compared across.
-pub const RELAYS: [Target; 4] = [
+pub const RELAYS: [Target; 5] = [
     Target::Ackgate,
+    Target::AckgateTokio,
     Target::AckgateCopy,
     Target::Haproxy,
     Target::Direct,
