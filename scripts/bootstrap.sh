@@ -11,10 +11,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Debian packages: LLVM 22 for bpf-linker, network tooling for the lab/tests.
-# haproxy and nftables are the bench's baselines (its --quick runs are part of
+# haproxy and nftables are the bench's baselines, wrk one of its clients (its --quick runs are part of
 # scripts/test.sh); chromium is the browser among the tests' clients.
 DEB_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev
-          iproute2 iptables nftables python3 nginx-light haproxy curl chromium)
+          iproute2 iptables nftables python3 nginx-light haproxy curl chromium wrk)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

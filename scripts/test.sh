@@ -105,10 +105,14 @@ for p in att["points"]:
 svg("attack_latency.svg"); svg("attack_success.svg")
 for n, key in (("conn", "connections_per_s"), ("bulk", "gbit_per_s")):
     r = load(n)
-    assert [x["target"] for x in r[key]] == ["ackgate", "ackgate_tokio", "ackgate_copy", "haproxy", "direct"], r[key]
+    assert [x["target"] for x in r[key]] == ["ackgate", "ackgate_one_thread", "ackgate_tokio", "ackgate_copy", "haproxy", "direct"], r[key]
     for x in r[key]:
         assert x["value"]["median"] > 0 and len(x["value"]["runs"]) == r["runs"], x
     svg(n + ".svg")
+conn = load("conn")
+assert [x["target"] for x in conn["wrk_per_s"]] == [x["target"] for x in conn["connections_per_s"]], conn["wrk_per_s"]
+for x in conn["wrk_per_s"]:
+    assert x["value"]["median"] > 0, x
 print("lab bench smokes ok")
 PY
 passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} END{print s+0}')

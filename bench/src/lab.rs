@@ -56,6 +56,8 @@ pub enum Target {
     /// ackgate: XDP SYN cookies, verified-ACK handoff, its relay; the
     /// io_uring engine (what `auto` picks on this kernel).
     Ackgate,
+    /// The io_uring engine on one engine thread (`--threads 1`).
+    AckgateOneThread,
     /// ackgate's tokio engine: one system call per handoff step.
     AckgateTokio,
     /// The tokio engine with `--splice-pipes 0`: every relayed byte copied
@@ -76,6 +78,7 @@ impl Target {
     pub fn label(self) -> &'static str {
         match self {
             Target::Ackgate => "ackgate",
+            Target::AckgateOneThread => "ackgate 1 thread",
             Target::AckgateTokio => "ackgate tokio",
             Target::AckgateCopy => "ackgate tokio copy",
             Target::Syncookies => "kernel syncookies",
@@ -90,7 +93,7 @@ impl Target {
     pub fn attaches_xdp(self) -> bool {
         matches!(
             self,
-            Target::Ackgate | Target::AckgateTokio | Target::AckgateCopy
+            Target::Ackgate | Target::AckgateOneThread | Target::AckgateTokio | Target::AckgateCopy
         )
     }
 }
@@ -164,7 +167,7 @@ pub fn start(lab: &BenchLab, target: Target) -> Result<Running> {
     let mut nft = false;
     let procs = match target {
         Target::Direct => vec![],
-        Target::Ackgate | Target::AckgateTokio | Target::AckgateCopy => {
+        Target::Ackgate | Target::AckgateOneThread | Target::AckgateTokio | Target::AckgateCopy => {
             let mut cmd = lab.px.command(workspace_bin("ackgate")?.to_str().unwrap());
             cmd.args([
                 "run",
@@ -184,6 +187,7 @@ pub fn start(lab: &BenchLab, target: Target) -> Result<Running> {
             cmd.args(extra_args());
             match target {
                 Target::Ackgate => cmd.args(["--engine", "io_uring"]),
+                Target::AckgateOneThread => cmd.args(["--engine", "io_uring", "--threads", "1"]),
                 Target::AckgateTokio => cmd.args(["--engine", "tokio"]),
                 _ => cmd.args(["--engine", "tokio", "--splice-pipes", "0"]),
             };

@@ -64,6 +64,11 @@ pub struct Common {
     /// several), e.g. `--ackgate-arg=--threads=1`; the report records them.
     #[arg(long = "ackgate-arg", value_name = "ARG", allow_hyphen_values = true)]
     ackgate_args: Vec<String>,
+    /// Measure the baselines (HAProxy, direct) with an XDP_PASS program on
+    /// the proxy's outside interface, so they pay the lab's cost of XDP on
+    /// veth (NAPI queueing, copies, no GSO from the peer) as ackgate does.
+    #[arg(long)]
+    xdp_pass_baselines: bool,
 }
 
 impl Common {

@@ -1,5 +1,7 @@
 //! `conn`: connections per second through ackgate, HAProxy and direct,
-//! from closed-loop clients that connect, fetch a page and close.
+//! from closed-loop clients that connect, fetch a page and close: the
+//! bench's own client, and wrk with `Connection: close` (an independent
+//! load generator, one new connection per request).
 
 use std::{
     io::{Read as _, Write as _},
@@ -9,7 +11,7 @@ use std::{
 };
 
 use ackgate_lab::Netns;
-use anyhow::Result;
+use anyhow::{ensure, Context as _, Result};
 use serde::Serialize;
 
 use super::{cpu_during, ratios, side_by_side, RateRow, Sample, Scenario, RELAYS};
@@ -37,6 +39,8 @@ struct Report {
     clients: usize,
     seconds: f64,
     connections_per_s: Vec<RateRow>,
+    /// wrk's requests per second, each on a new connection.
+    wrk_per_s: Vec<RateRow>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -57,11 +61,25 @@ pub fn run(a: Args) -> Result<()> {
             failed,
         })
     })?;
+    let wrk_rows = side_by_side(&sc.lab, runs, &RELAYS, |t| {
+        let ((rate, failed), cpu) = cpu_during(|| wrk(&sc.lab.cli, t.addr, a.clients, secs))?;
+        eprintln!(
+            "wrk  {:10} {:>8.0} connections/s ({failed} errors)",
+            t.target.label(),
+            rate
+        );
+        Ok(Sample {
+            value: rate,
+            cpu_per_unit: cpu.busy_s * 1e6 / (rate * secs).max(1.0),
+            failed,
+        })
+    })?;
     let rep = Report {
         head: sc.header(runs),
         clients: a.clients,
         seconds: secs,
         connections_per_s: rows,
+        wrk_per_s: wrk_rows,
     };
     let mut md = sc.heading(&rep.head, "Connections per second");
     md.push_str(&format!(
@@ -80,6 +98,20 @@ pub fn run(a: Args) -> Result<()> {
         ));
     }
     ratios(&mut md, &rep.connections_per_s, "the connection rate");
+    md.push_str(&format!(
+        "\nThe same with wrk (`wrk -t2 -c{} -d{}s -H 'Connection: close'`, a new connection per request), targets in turn:\n\n| target | connections/s | CPU us per connection | socket errors (all runs) |\n|---|---:|---:|---:|\n",
+        a.clients, secs
+    ));
+    for r in &rep.wrk_per_s {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            r.target.label(),
+            r.value.show(0),
+            r.cpu_per_unit.show(1),
+            r.failed
+        ));
+    }
+    ratios(&mut md, &rep.wrk_per_s, "wrk's connection rate");
     let svg = super::bars(
         "Connections per second (median, min-max)",
         "conn/s",
@@ -124,4 +156,39 @@ fn conn_rate(cli: &Netns, target: SocketAddr, clients: usize, secs: f64) -> Resu
             failed.load(Relaxed),
         ))
     })?
+}
+
+/// wrk against `target` from the client namespace for `secs` with
+/// `clients` connections, each request on a new one: requests per second
+/// and socket errors.
+fn wrk(cli: &Netns, target: SocketAddr, clients: usize, secs: f64) -> Result<(f64, u64)> {
+    let url = format!("http://{target}/");
+    let out = cli
+        .command("wrk")
+        .args(["-t2", "-c", &clients.to_string()])
+        .args(["-d", &format!("{}s", secs.ceil().max(1.0))])
+        .args(["-H", "Connection: close", &url])
+        .output()
+        .context("running wrk (Debian's wrk package)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "wrk failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rate = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .with_context(|| format!("no Requests/sec in wrk's output: {text}"))?;
+    // "Socket errors: connect 0, read 0, write 0, timeout 0"
+    let errors = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+        .map_or(0, |l| {
+            l.split(',')
+                .filter_map(|kv| kv.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum()
+        });
+    Ok((rate, errors))
 }

@@ -37,6 +37,10 @@ impl<'a> Scenario<'a> {
     /// A fresh lab; nginx serves `/` and a `/bulk` of `bulk_bytes`.
     pub fn new(name: &'static str, common: &'a Common, bulk_bytes: u64) -> Result<Self> {
         lab::set_extra_args(&common.ackgate_args);
+        XDP_PASS_BASELINES.store(
+            common.xdp_pass_baselines,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let lab = BenchLab::new()?;
         let nginx = lab::nginx(&lab, bulk_bytes)?;
         Ok(Scenario {
@@ -172,9 +176,14 @@ pub struct Sample {
     pub failed: u64,
 }
 
+/// `--xdp-pass-baselines`.
+static XDP_PASS_BASELINES: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// The targets relays are compared across.
-pub const RELAYS: [Target; 5] = [
+pub const RELAYS: [Target; 6] = [
     Target::Ackgate,
+    Target::AckgateOneThread,
     Target::AckgateTokio,
     Target::AckgateCopy,
     Target::Haproxy,
@@ -199,6 +208,10 @@ pub fn side_by_side(
     for _ in 0..runs {
         for ((&t, running), s) in targets.iter().zip(&standing).zip(&mut samples) {
             let sample = match running {
+                Some(r) if XDP_PASS_BASELINES.load(std::sync::atomic::Ordering::Relaxed) => {
+                    let _pass = lab.px.run(|| Attached::pass("px0"))??;
+                    measure(r)?
+                }
                 Some(r) => measure(r)?,
                 None => measure(&lab::start(lab, t)?)?,
             };
