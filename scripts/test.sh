@@ -47,7 +47,7 @@ PY
 python3 - "$out/handoff.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-for k in ("ttfb_ackgate", "ttfb_direct"):
+for k in ("ttfb_ackgate", "ttfb_ackgate_eager", "ttfb_direct"):
     assert r[k]["median_us"] > 0 and r[k]["p99_us"] >= r[k]["median_us"], r[k]
 assert r["rate_ackgate_per_s"] > 0 and r["rate_direct_per_s"] > 0, r
 m = [(x["path"], x["batch"]) for x in r["materialize"]]

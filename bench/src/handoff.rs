@@ -64,6 +64,9 @@ struct Report {
     clients: usize,
     seconds: u64,
     ttfb_ackgate: Percentiles,
+    /// Through ackgate on a port marked server-first: the backend is
+    /// connected at the handoff, not on the client's first byte.
+    ttfb_ackgate_eager: Percentiles,
     ttfb_direct: Percentiles,
     added_median_us: f64,
     added_p99_us: f64,
@@ -110,6 +113,7 @@ fn one(target: SocketAddr) -> Result<Duration> {
 
 pub fn run(a: Args) -> Result<()> {
     ensure!(nix::unistd::geteuid().is_root(), "the lab needs root");
+    crate::lab::set_extra_args(&a.common.ackgate_args);
     let n = a.common.pick(200, a.connections.max(10));
     let secs = a.common.pick(1, a.seconds.max(1));
     let bin = ackgate_lab::workspace_bin("ackgate")?;
@@ -130,54 +134,66 @@ pub fn run(a: Args) -> Result<()> {
             "0",
             "--listen",
             &format!("{}:8080", lab.vip4),
+            "--listen",
+            &format!("{}:8081", lab.vip4),
+            "--server-first",
+            &format!("{}:8081", lab.vip4),
         ])
-        .args(["--backend", &backend.to_string()]);
+        .args(["--backend", &backend.to_string()])
+        .args(crate::lab::extra_args());
         let ackgate = Process::start("ackgate", cmd, "proxy ready", Duration::from_secs(30))?;
         let via: SocketAddr = (lab.vip4, 8080).into();
-        let result =
-            lab.client
-                .run(|| -> Result<(Vec<Duration>, Vec<Duration>, f64, f64)> {
-                    // Warm both paths, then alternate in rounds of 50.
-                    for _ in 0..20 {
-                        one(via)?;
-                        one(backend)?;
+        let eager: SocketAddr = (lab.vip4, 8081).into();
+        let result = lab.client.run(
+            || -> Result<(Vec<Duration>, Vec<Duration>, Vec<Duration>, f64, f64)> {
+                // Warm the paths, then alternate in rounds of 50.
+                for _ in 0..20 {
+                    one(via)?;
+                    one(eager)?;
+                    one(backend)?;
+                }
+                let mut ag = Vec::with_capacity(n);
+                let mut ag_eager = Vec::with_capacity(n);
+                let mut direct = Vec::with_capacity(n);
+                while ag.len() < n {
+                    for _ in 0..50 {
+                        ag.push(one(via)?);
                     }
-                    let (mut ag, mut direct) = (Vec::with_capacity(n), Vec::with_capacity(n));
-                    while ag.len() < n {
-                        for _ in 0..50 {
-                            ag.push(one(via)?);
-                        }
-                        for _ in 0..50 {
-                            direct.push(one(backend)?);
-                        }
+                    for _ in 0..50 {
+                        ag_eager.push(one(eager)?);
                     }
-                    let rate = |target: SocketAddr| -> f64 {
-                        let done = AtomicU64::new(0);
-                        let t0 = Instant::now();
-                        std::thread::scope(|cs| {
-                            for _ in 0..a.clients.max(1) {
-                                cs.spawn(|| {
-                                    while t0.elapsed() < Duration::from_secs(secs) {
-                                        if one(target).is_ok() {
-                                            done.fetch_add(1, Ordering::Relaxed);
-                                        }
+                    for _ in 0..50 {
+                        direct.push(one(backend)?);
+                    }
+                }
+                let rate = |target: SocketAddr| -> f64 {
+                    let done = AtomicU64::new(0);
+                    let t0 = Instant::now();
+                    std::thread::scope(|cs| {
+                        for _ in 0..a.clients.max(1) {
+                            cs.spawn(|| {
+                                while t0.elapsed() < Duration::from_secs(secs) {
+                                    if one(target).is_ok() {
+                                        done.fetch_add(1, Ordering::Relaxed);
                                     }
-                                });
-                            }
-                        });
-                        done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64()
-                    };
-                    let (ra, rd) = (rate(via), rate(backend));
-                    Ok((ag, direct, ra, rd))
-                })??;
+                                }
+                            });
+                        }
+                    });
+                    done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64()
+                };
+                let (ra, rd) = (rate(via), rate(backend));
+                Ok((ag, ag_eager, direct, ra, rd))
+            },
+        )??;
         drop(ackgate);
         let rounds = a.common.pick(3, 7);
         let per_round = a.common.pick(256, 2048);
         let materialize = lab
             .gw
             .run(|| materialize_rates(&lab, rounds, per_round))??;
-        let (ag, direct, ra, rd) = result;
-        let (pa, pd) = (pct(&ag), pct(&direct));
+        let (ag, ag_eager, direct, ra, rd) = result;
+        let (pa, pe, pd) = (pct(&ag), pct(&ag_eager), pct(&direct));
         Ok(Report {
             benchmark: "handoff",
             unix_time: report::unix_time(),
@@ -188,6 +204,7 @@ pub fn run(a: Args) -> Result<()> {
             added_median_us: pa.median_us - pd.median_us,
             added_p99_us: pa.p99_us - pd.p99_us,
             ttfb_ackgate: pa,
+            ttfb_ackgate_eager: pe,
             ttfb_direct: pd,
             rate_ackgate_per_s: ra,
             rate_direct_per_s: rd,
@@ -195,7 +212,7 @@ pub fn run(a: Args) -> Result<()> {
         })
     })?;
     let md = format!(
-        "### Handoff: connect-to-first-byte and connection rate (namespace lab, veth)\n\nkernel {}; {} sequential connections per path, alternating in rounds; rate with {} clients for {} s\n\n| path | median | p99 | p99.9 | connections/s |\n|---|---:|---:|---:|---:|\n| through ackgate | {:.0} us | {:.0} us | {:.0} us | {:.0} |\n| direct to the backend | {:.0} us | {:.0} us | {:.0} us | {:.0} |\n\nackgate adds {:.0} us at the median and {:.0} us at p99; it completes {:.2}x the direct connection rate.\n",
+        "### Handoff: connect-to-first-byte and connection rate (namespace lab, veth)\n\nkernel {}; {} sequential connections per path, alternating in rounds; rate with {} clients for {} s\n\n| path | median | p99 | p99.9 | connections/s |\n|---|---:|---:|---:|---:|\n| through ackgate | {:.0} us | {:.0} us | {:.0} us | {:.0} |\n| through ackgate, backend connected at the handoff (server-first port) | {:.0} us | {:.0} us | {:.0} us | |\n| direct to the backend | {:.0} us | {:.0} us | {:.0} us | {:.0} |\n\nackgate adds {:.0} us at the median and {:.0} us at p99; it completes {:.2}x the direct connection rate.\n",
         rep.kernel,
         rep.connections,
         rep.clients,
@@ -204,6 +221,9 @@ pub fn run(a: Args) -> Result<()> {
         rep.ttfb_ackgate.p99_us,
         rep.ttfb_ackgate.p999_us,
         rep.rate_ackgate_per_s,
+        rep.ttfb_ackgate_eager.median_us,
+        rep.ttfb_ackgate_eager.p99_us,
+        rep.ttfb_ackgate_eager.p999_us,
         rep.ttfb_direct.median_us,
         rep.ttfb_direct.p99_us,
         rep.ttfb_direct.p999_us,

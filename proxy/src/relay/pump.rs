@@ -8,8 +8,9 @@
 //! client must not mistake a backend that died mid-response for a
 //! complete one ending with a FIN.
 //!
-//! Bytes move by splice(2) through a pooled pipe (zero-copy, see
-//! [`super::splice`]), or through a buffer when no pipe is free. Either is
+//! Bulk bytes move by splice(2) through a pooled pipe (zero-copy, see
+//! [`super::splice`]); small exchanges, and bursts that find no free pipe,
+//! through a buffer. Either is
 //! held only while its socket has data to move, so an idle relay costs its
 //! two sockets and a task, not 128 KiB.
 
@@ -71,6 +72,8 @@ impl Relay for TokioRelay {
 
 /// Most bytes one read moves.
 const CHUNK: usize = 64 * 1024;
+/// The buffer a burst starts with: exchanges that fit are copied.
+const SMALL: usize = 16 * 1024;
 
 async fn relay(
     client: TcpStream,
@@ -127,11 +130,17 @@ async fn pipe(
         loop {
             // Neither a pipe nor a buffer while there is nothing to read.
             r.readable().await?;
-            let open = match pipes.lease() {
-                Some(mut p) => splice_burst(&r, &w, &mut p, &note).await?,
-                None => copy_burst(&r, &mut w, &note).await?,
+            // Small exchanges are copied (a splice costs them latency);
+            // a read that fills the small buffer means bulk: the rest of
+            // the burst goes through a pipe, as HAProxy's splice-auto does.
+            let burst = match copy_burst(&r, &mut w, &note, SMALL).await? {
+                Burst::Full => match pipes.lease() {
+                    Some(mut p) => splice_burst(&r, &w, &mut p, &note).await?,
+                    None => copy_burst(&r, &mut w, &note, CHUNK).await?,
+                },
+                b => b,
             };
-            if !open {
+            if burst == Burst::Eof {
                 return w.shutdown().await;
             }
         }
@@ -148,21 +157,32 @@ async fn pipe(
     result
 }
 
+/// How a burst of moving bytes ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Burst {
+    /// The reader would block: wait for more.
+    Drained,
+    /// The reader reached EOF.
+    Eof,
+    /// A read filled the buffer: more is likely waiting (bulk).
+    Full,
+}
+
 /// Moves what `r` has through the pipe into `w`, until `r` would block
-/// (true) or reaches EOF (false). The pipe is empty on success.
+/// or reaches EOF. The pipe is empty on success.
 async fn splice_burst(
     r: &OwnedReadHalf,
     w: &OwnedWriteHalf,
     p: &mut Lease<'_>,
     note: &impl Fn(usize),
-) -> io::Result<bool> {
+) -> io::Result<Burst> {
     let (r, w) = (r.as_ref(), w.as_ref());
     loop {
         // try_io clears the read readiness when the socket is drained.
         match r.try_io(Interest::READABLE, || p.fill(r)) {
-            Ok(0) => return Ok(false),
+            Ok(0) => return Ok(Burst::Eof),
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),
             Err(e) => return Err(e),
         }
         while p.held() > 0 {
@@ -175,23 +195,28 @@ async fn splice_burst(
     }
 }
 
-/// Moves what `r` has through a buffer into `w`, until `r` would block
-/// (true) or reaches EOF (false).
+/// Moves what `r` has through a buffer of `size` bytes into `w`, until
+/// `r` would block or reaches EOF; with the small buffer, also stops after
+/// a read that fills it.
 async fn copy_burst(
     r: &OwnedReadHalf,
     w: &mut OwnedWriteHalf,
     note: &impl Fn(usize),
-) -> io::Result<bool> {
-    let mut buf = vec![0u8; CHUNK];
+    size: usize,
+) -> io::Result<Burst> {
+    let mut buf = vec![0u8; size];
     loop {
         let n = match r.try_read(&mut buf) {
-            Ok(0) => return Ok(false),
+            Ok(0) => return Ok(Burst::Eof),
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),
             Err(e) => return Err(e),
         };
         w.write_all(&buf[..n]).await?;
         note(n);
+        if size == SMALL && n == size {
+            return Ok(Burst::Full);
+        }
     }
 }
 
@@ -230,5 +255,60 @@ fn set_linger_zero(s: &impl std::os::fd::AsRawFd) {
             (&l as *const libc::linger).cast(),
             std::mem::size_of::<libc::linger>() as u32,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+
+    /// A connected loopback pair: (ours, the peer's).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// Relays `up` from a client to an echoing backend and returns what
+    /// came back, the relay's outcome and the pipes the pool made.
+    async fn echo_through(up: Vec<u8>) -> (Vec<u8>, Outcome, usize) {
+        let engine = TokioRelay::new(4);
+        let (mut client, proxy_client) = pair().await;
+        let (proxy_backend, mut backend) = pair().await;
+        let relay = tokio::spawn(engine.relay(proxy_client, proxy_backend, Duration::from_secs(5)));
+        let echo = tokio::spawn(async move {
+            let (mut r, mut w) = backend.split();
+            tokio::io::copy(&mut r, &mut w).await.unwrap();
+            w.shutdown().await.unwrap();
+        });
+        let (mut cr, mut cw) = client.split();
+        let send = async {
+            cw.write_all(&up).await.unwrap();
+            cw.shutdown().await.unwrap();
+        };
+        let mut got = Vec::new();
+        let (_, n) = tokio::join!(send, cr.read_to_end(&mut got));
+        n.unwrap();
+        echo.await.unwrap();
+        let o = relay.await.unwrap();
+        (got, o, engine.pipes.made())
+    }
+
+    #[tokio::test]
+    async fn bulk_goes_through_pipes_and_small_exchanges_are_copied() {
+        let big: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+        let (got, o, pipes) = echo_through(big.clone()).await;
+        assert!(got == big, "8 MiB echoed intact");
+        o.result.unwrap();
+        assert_eq!(o.moved.to_backend, big.len() as u64);
+        assert_eq!(o.moved.to_client, big.len() as u64);
+        assert!(pipes >= 1, "bulk took a pipe");
+
+        let (got, o, pipes) = echo_through(b"GET / HTTP/1.0\r\n\r\n".to_vec()).await;
+        assert_eq!(got, b"GET / HTTP/1.0\r\n\r\n");
+        assert_eq!(o.moved.to_client, 18);
+        assert_eq!(pipes, 0, "a small exchange is copied");
     }
 }
