@@ -3,7 +3,7 @@
 use ackgate::{
     config::{Plan, RunArgs},
     control,
-    telemetry::{logging, metrics, stats},
+    telemetry::{logging, stats},
 };
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -60,14 +60,5 @@ fn main() {
 fn run(a: RunArgs) -> Result<()> {
     let plan = Plan::from_args(&a)?;
     logging::init(&plan.log_level)?;
-    let exporter = match plan.metrics {
-        Some(addr) => {
-            let mode = plan.mode.map_or("off", |m| m.name());
-            let e = metrics::install(addr, &metrics::BuildInfo::new(mode))?;
-            tracing::info!("metrics on http://{addr}/metrics");
-            Some(e)
-        }
-        None => None,
-    };
-    ackgate::engine::run(plan, a, exporter)
+    ackgate::engine::run(plan, a)
 }

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use ackgate_tests::{ackgate_bin, lab::Lab, with_echo_lab, Process};
+use ackgate_tests::{ackgate_bin, lab::Lab, metric, scrape_gw, with_echo_lab, Process, METRICS};
 
 /// The audit architecture seccomp reports for this build's target.
 #[cfg(target_arch = "x86_64")]
@@ -73,7 +73,8 @@ fn ackgate(lab: &Lab, engine: &str, sandboxed: bool) -> Command {
     cmd.env_remove("ACKGATE_ENGINE")
         .args(["run", "--iface", lab.gw_if, "--stats-interval", "0"])
         .args(["--listen", &format!("{}:8080", lab.vip4)])
-        .args(["--backend", "127.0.0.1:9000", "--engine", engine]);
+        .args(["--backend", "127.0.0.1:9000", "--engine", engine])
+        .args(["--metrics", METRICS]);
     if sandboxed {
         refuse_io_uring(&mut cmd);
     }
@@ -110,12 +111,52 @@ fn auto_picks_io_uring_or_says_why_not_and_explicit_io_uring_never_falls_back() 
         .unwrap();
         assert!(
             p.output.iter().any(|l| l.contains(
-                "engine io_uring on 2 threads: handoffs in linked submissions of up to 16 flows"
+                "engine io_uring on 2 threads: handoffs in linked submissions of 16 flows"
             ) || l.contains("engine io_uring on 1 threads")),
             "{:?}",
             p.output
         );
         echo_through(lab);
+        // A burst: flows wait on the ring together and go through it in
+        // batches of linked chains; every one is served intact.
+        let target = SocketAddr::from((lab.vip4, 8080));
+        let barrier = std::sync::Barrier::new(128);
+        let served = lab
+            .client
+            .run(|| {
+                std::thread::scope(|sc| {
+                    let hs: Vec<_> = (0..128)
+                        .map(|i| {
+                            let barrier = &barrier;
+                            sc.spawn(move || -> std::io::Result<bool> {
+                                barrier.wait();
+                                let mut s =
+                                    TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
+                                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                                let msg = format!("burst client {i}");
+                                s.write_all(msg.as_bytes())?;
+                                let mut b = vec![0u8; msg.len()];
+                                s.read_exact(&mut b)?;
+                                Ok(b == msg.as_bytes())
+                            })
+                        })
+                        .collect();
+                    hs.into_iter()
+                        .map(|h| h.join())
+                        .filter(|r| matches!(r, Ok(Ok(true))))
+                        .count()
+                })
+            })
+            .unwrap();
+        let m = scrape_gw(lab, METRICS);
+        let calls = |path| metric(&m, "ackgate_handoff_calls_total", Some(("path", path)));
+        eprintln!(
+            "burst: {served} of 128 served; handoff calls: {} io_uring, {} syscalls",
+            calls("io_uring"),
+            calls("syscalls")
+        );
+        assert_eq!(served, 128);
+        assert!(calls("io_uring") >= 1.0, "a burst fills a batch");
         drop(p);
 
         // Refused by seccomp: an explicit io_uring is an error, in one line.

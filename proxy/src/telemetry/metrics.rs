@@ -39,6 +39,7 @@ pub const XDP_PASSED: &str = "ackgate_xdp_passed_total";
 pub const HANDOFFS: &str = "ackgate_handoffs_total";
 pub const HANDOFF_ERRORS: &str = "ackgate_handoff_errors_total";
 pub const HANDOFF_LATENCY: &str = "ackgate_handoff_latency_seconds";
+pub const HANDOFF_CALLS: &str = "ackgate_handoff_calls_total";
 pub const BACKEND_CONNECTS: &str = "ackgate_backend_connects_total";
 pub const BACKEND_CONNECT_ERRORS: &str = "ackgate_backend_connect_errors_total";
 pub const BACKEND_CONNECT_LATENCY: &str = "ackgate_backend_connect_latency_seconds";
@@ -308,6 +309,10 @@ fn describe() {
         HANDOFF_ERRORS,
         "Verified flows that could not be materialized, by reason."
     );
+    describe_counter!(
+        HANDOFF_CALLS,
+        "Materialization calls, by path: a batch of linked io_uring chains in one submission, or one flow's system calls."
+    );
     describe_histogram!(
         HANDOFF_LATENCY,
         Unit::Seconds,
@@ -406,6 +411,8 @@ pub struct Stats {
     m_handoffs: Counter,
     m_handoff_errors: Vec<(&'static str, Counter)>,
     m_handoff_latency: Histogram,
+    /// syscalls, io_uring.
+    m_handoff_calls: [Counter; 2],
     pub synack_retransmits: AtomicU64,
     /// sent, over_budget, failed.
     m_retransmits: [Counter; 3],
@@ -437,6 +444,8 @@ impl Stats {
                 .map(|&r| (r, zero(counter!(HANDOFF_ERRORS, "reason" => r))))
                 .collect(),
             m_handoff_latency: histogram!(HANDOFF_LATENCY),
+            m_handoff_calls: ["syscalls", "io_uring"]
+                .map(|p| zero(counter!(HANDOFF_CALLS, "path" => p))),
             synack_retransmits: AtomicU64::new(0),
             m_retransmits: ["sent", "over_budget", "failed"]
                 .map(|r| zero(counter!(SYNACK_RETRANSMITS, "result" => r))),
@@ -459,6 +468,11 @@ impl Stats {
 
     /// A flow became a socket; `latency` from the ACK's verification, when
     /// known.
+    /// One materialization call: `io_uring` for a submitted batch.
+    pub fn handoff_call(&self, io_uring: bool) {
+        self.m_handoff_calls[io_uring as usize].increment(1);
+    }
+
     pub fn handoff(&self, latency: Option<Duration>) {
         self.handoffs.fetch_add(1, Relaxed);
         self.m_handoffs.increment(1);
