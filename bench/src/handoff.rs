@@ -98,6 +98,15 @@ fn pct(v: &[Duration]) -> Percentiles {
     }
 }
 
+/// Connect-to-first-byte times per path, and connection rates.
+struct Measured {
+    ag: Vec<Duration>,
+    ag_eager: Vec<Duration>,
+    direct: Vec<Duration>,
+    ra: f64,
+    rd: f64,
+}
+
 /// One connection: connect, send 64 bytes, time to the first echoed byte.
 fn one(target: SocketAddr) -> Result<Duration> {
     let t0 = Instant::now();
@@ -144,55 +153,65 @@ pub fn run(a: Args) -> Result<()> {
         let ackgate = Process::start("ackgate", cmd, "proxy ready", Duration::from_secs(30))?;
         let via: SocketAddr = (lab.vip4, 8080).into();
         let eager: SocketAddr = (lab.vip4, 8081).into();
-        let result = lab.client.run(
-            || -> Result<(Vec<Duration>, Vec<Duration>, Vec<Duration>, f64, f64)> {
-                // Warm the paths, then alternate in rounds of 50.
-                for _ in 0..20 {
-                    one(via)?;
-                    one(eager)?;
-                    one(backend)?;
+        let result = lab.client.run(|| -> Result<Measured> {
+            // Warm the paths, then alternate in rounds of 50.
+            for _ in 0..20 {
+                one(via)?;
+                one(eager)?;
+                one(backend)?;
+            }
+            let mut ag = Vec::with_capacity(n);
+            let mut ag_eager = Vec::with_capacity(n);
+            let mut direct = Vec::with_capacity(n);
+            while ag.len() < n {
+                for _ in 0..50 {
+                    ag.push(one(via)?);
                 }
-                let mut ag = Vec::with_capacity(n);
-                let mut ag_eager = Vec::with_capacity(n);
-                let mut direct = Vec::with_capacity(n);
-                while ag.len() < n {
-                    for _ in 0..50 {
-                        ag.push(one(via)?);
-                    }
-                    for _ in 0..50 {
-                        ag_eager.push(one(eager)?);
-                    }
-                    for _ in 0..50 {
-                        direct.push(one(backend)?);
-                    }
+                for _ in 0..50 {
+                    ag_eager.push(one(eager)?);
                 }
-                let rate = |target: SocketAddr| -> f64 {
-                    let done = AtomicU64::new(0);
-                    let t0 = Instant::now();
-                    std::thread::scope(|cs| {
-                        for _ in 0..a.clients.max(1) {
-                            cs.spawn(|| {
-                                while t0.elapsed() < Duration::from_secs(secs) {
-                                    if one(target).is_ok() {
-                                        done.fetch_add(1, Ordering::Relaxed);
-                                    }
+                for _ in 0..50 {
+                    direct.push(one(backend)?);
+                }
+            }
+            let rate = |target: SocketAddr| -> f64 {
+                let done = AtomicU64::new(0);
+                let t0 = Instant::now();
+                std::thread::scope(|cs| {
+                    for _ in 0..a.clients.max(1) {
+                        cs.spawn(|| {
+                            while t0.elapsed() < Duration::from_secs(secs) {
+                                if one(target).is_ok() {
+                                    done.fetch_add(1, Ordering::Relaxed);
                                 }
-                            });
-                        }
-                    });
-                    done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64()
-                };
-                let (ra, rd) = (rate(via), rate(backend));
-                Ok((ag, ag_eager, direct, ra, rd))
-            },
-        )??;
+                            }
+                        });
+                    }
+                });
+                done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64()
+            };
+            let (ra, rd) = (rate(via), rate(backend));
+            Ok(Measured {
+                ag,
+                ag_eager,
+                direct,
+                ra,
+                rd,
+            })
+        })??;
         drop(ackgate);
         let rounds = a.common.pick(3, 7);
         let per_round = a.common.pick(256, 2048);
         let materialize = lab
             .gw
             .run(|| materialize_rates(&lab, rounds, per_round))??;
-        let (ag, ag_eager, direct, ra, rd) = result;
+        let Measured {
+            ag,
+            ag_eager,
+            direct,
+            ra,
+            rd,
+        } = result;
         let (pa, pe, pd) = (pct(&ag), pct(&ag_eager), pct(&direct));
         Ok(Report {
             benchmark: "handoff",
