@@ -4,6 +4,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
+pub mod tcp_info;
 pub mod test_run;
 
 pub use ackgate_lab as lab;
@@ -191,4 +192,32 @@ pub fn connect_from(
     let stream = unsafe { std::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
     socket::connect(stream.as_raw_fd(), &SockaddrStorage::from(target))?;
     Ok(stream)
+}
+
+/// A responder in the lab's gateway protecting `services`, keyed with a
+/// random secret, handing verified flows off, attached natively; with the
+/// raw sender and the window scale a test's own handoff loop needs.
+pub fn gateway_responder(
+    lab: &lab::Lab,
+    services: &[std::net::SocketAddr],
+) -> (ackgate::xdp::Responder, ackgate::sys::raw::RawSender, u8) {
+    use ackgate::xdp::{
+        secret::{current_epoch, Secret},
+        AttachMode, Responder, Settings,
+    };
+    let gw_if = lab.gw_if;
+    lab.gw
+        .run(move || -> anyhow::Result<_> {
+            let settings = Settings::for_mtu(ackgate::sys::netdev::mtu(gw_if)?);
+            let mut r = Responder::load()?;
+            for s in services {
+                r.add_service(*s)?;
+            }
+            r.install_keys(&Secret::random(), current_epoch(60), &settings)?;
+            r.set_handoff(true)?;
+            r.attach(gw_if, AttachMode::Native)?;
+            Ok((r, ackgate::sys::raw::RawSender::new()?, settings.wscale))
+        })
+        .unwrap()
+        .unwrap()
 }

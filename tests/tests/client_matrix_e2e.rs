@@ -8,8 +8,7 @@
 //! options the cookie can carry for it.
 
 use std::{
-    net::{SocketAddr, TcpStream},
-    os::fd::AsRawFd as _,
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -18,50 +17,17 @@ use ackgate_lab::{
     profile::{self, Profile},
     transfer, Lab,
 };
-use ackgate_tests::{run_ackgate_until, with_backend_lab};
+use ackgate_tests::{
+    run_ackgate_until,
+    tcp_info::{tcp_info, OPT_SACK, OPT_TIMESTAMPS, OPT_WSCALE},
+    with_backend_lab,
+};
 
 const PORT: u16 = 8080;
 const BYTES: usize = 16 << 20;
 /// Generous: these transfers take well under a second on veth; the bug this
 /// guards against (a mis-scaled receive window) took minutes.
 const TRANSFER_BOUND: Duration = Duration::from_secs(60);
-
-/// `struct tcp_info` fields this test reads.
-struct TcpInfo {
-    options: u8,
-    snd_wscale: u8,
-    snd_mss: u32,
-    rcv_mss: u32,
-}
-
-const TCPI_OPT_TIMESTAMPS: u8 = 1;
-const TCPI_OPT_SACK: u8 = 2;
-const TCPI_OPT_WSCALE: u8 = 4;
-
-fn tcp_info(s: &TcpStream) -> TcpInfo {
-    let mut b = [0u8; 232];
-    let mut len = b.len() as u32;
-    // SAFETY: valid buffer of the length passed.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            b.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(r, 0, "TCP_INFO");
-    let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-    // byte 5 tcpi_options, byte 6 snd_wscale:4 | rcv_wscale:4; u32
-    // tcpi_snd_mss at 16, tcpi_rcv_mss at 20.
-    TcpInfo {
-        options: b[5],
-        snd_wscale: b[6] & 0x0f,
-        snd_mss: u32_at(16),
-        rcv_mss: u32_at(20),
-    }
-}
 
 /// The gateway socket's `mss:` for the flow from client port `cport`, as
 /// `ss -ti` shows it (tcpi_snd_mss); polled until the handoff made it.
@@ -157,16 +123,16 @@ fn check_family(lab: &Lab, p: &Profile, target: SocketAddr, data: &[u8]) {
         );
         let mut expect_opts = 0;
         if p.timestamps {
-            expect_opts |= TCPI_OPT_TIMESTAMPS;
+            expect_opts |= OPT_TIMESTAMPS;
         }
         // With or without timestamps the cookie keeps SACK and the window
         // scale (a Linux client's shift, 7 here, is one a TS-less cookie
         // can name).
         if p.sack {
-            expect_opts |= TCPI_OPT_SACK;
+            expect_opts |= OPT_SACK;
         }
         if p.window_scaling {
-            expect_opts |= TCPI_OPT_WSCALE;
+            expect_opts |= OPT_WSCALE;
             assert_eq!(
                 info_before.snd_wscale, 7,
                 "{what}: ackgate's window scale as the client sees it"

@@ -10,21 +10,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ackgate::{
-    handoff::materialize,
-    sys::raw::RawSender,
-    xdp::{
-        ring::Flow,
-        secret::{current_epoch, Secret},
-        AttachMode, Responder, Settings,
-    },
-};
+use ackgate::{handoff::materialize, xdp::ring::Flow};
 use ackgate_common::wire::Counter;
 use ackgate_lab::{
     harness::{self, Attached},
     Lab,
 };
-use ackgate_tests::require_root;
+use ackgate_tests::{gateway_responder, require_root};
 
 const PORT: u16 = 7000;
 
@@ -47,26 +39,11 @@ fn echo(mut s: TcpStream) {
 fn verified_flows_become_sockets_and_carry_data_both_ways() {
     require_root();
     let lab = Lab::new().unwrap();
-    let gw_if = lab.gw_if;
     let services = [
         SocketAddr::from((lab.vip4, PORT)),
         SocketAddr::from((lab.vip6, PORT)),
     ];
-    let (responder, opener, wscale) = lab
-        .gw
-        .run(move || -> anyhow::Result<(Responder, RawSender, u8)> {
-            let settings = Settings::for_mtu(ackgate::sys::netdev::mtu(gw_if)?);
-            let mut r = Responder::load()?;
-            for s in services {
-                r.add_service(s)?;
-            }
-            r.install_keys(&Secret::random(), current_epoch(60), &settings)?;
-            r.set_handoff(true)?;
-            r.attach(gw_if, AttachMode::Native)?;
-            Ok((r, RawSender::new()?, settings.wscale))
-        })
-        .unwrap()
-        .unwrap();
+    let (responder, opener, wscale) = gateway_responder(&lab, &services);
     let cif = lab.client_if;
     let _pass = lab
         .client

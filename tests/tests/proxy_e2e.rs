@@ -11,8 +11,9 @@ use std::{
 
 use ackgate_lab::{harness::Attached, Lab};
 use ackgate_tests::{
-    ackgate_bin, counter, last_counters, require_root, run_ackgate_until, with_echo_lab, Process,
-    StopOnDrop,
+    ackgate_bin, counter, last_counters, require_root, run_ackgate_until,
+    tcp_info::{tcp_info, OPT_SACK, OPT_TIMESTAMPS, OPT_WSCALE},
+    with_echo_lab, Process, StopOnDrop,
 };
 
 fn start(lab: &Lab, backend: &str, extra: &[&str]) -> Process {
@@ -108,32 +109,6 @@ fn proxies_sequential_and_concurrent_connections_v4_v6() {
     });
 }
 
-/// TCP_INFO of a kernel socket: (options bits, snd_wscale, rcv_wscale, snd_mss).
-fn tcp_info(s: &TcpStream) -> (u8, u8, u8, u32) {
-    use std::os::fd::AsRawFd as _;
-    let mut b = [0u8; 232];
-    let mut len = b.len() as u32;
-    // SAFETY: valid buffer of the length passed.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            b.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(r, 0);
-    // struct tcp_info: byte 5 options, byte 6 snd_wscale:4 | rcv_wscale:4,
-    // u32 snd_mss at 16.
-    (
-        b[5],
-        b[6] & 0xf,
-        b[6] >> 4,
-        u32::from_ne_bytes([b[16], b[17], b[18], b[19]]),
-    )
-}
-
 #[test]
 fn negotiated_options_match_what_the_client_offered() {
     with_echo_lab(|lab| {
@@ -153,13 +128,14 @@ fn negotiated_options_match_what_the_client_offered() {
                 });
                 s.write_all(&msg).unwrap();
                 assert!(reader.join().unwrap().unwrap() == msg);
-                tcp_info(&s)
+                let i = tcp_info(&s);
+                (i.options, i.snd_wscale, i.rcv_wscale, i.snd_mss)
             })
             .unwrap();
-        // TCPI_OPT_TIMESTAMPS | TCPI_OPT_SACK | TCPI_OPT_WSCALE
+        let all = OPT_TIMESTAMPS | OPT_SACK | OPT_WSCALE;
         assert_eq!(
-            opts & 7,
-            7,
+            opts & all,
+            all,
             "timestamps, SACK and window scaling all negotiated: {opts:#x}"
         );
         assert_eq!(snd_ws, 7, "ackgate's window scale as the client sees it");

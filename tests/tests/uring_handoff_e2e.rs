@@ -12,7 +12,6 @@ use std::{
     collections::HashSet,
     io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpStream},
-    os::fd::AsRawFd as _,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Mutex,
@@ -26,18 +25,17 @@ use ackgate::{
         uring::{self, UringHandoff},
     },
     sys::raw::RawSender,
-    xdp::{
-        ring::Flow,
-        secret::{current_epoch, Secret},
-        AttachMode, Responder, Settings,
-    },
+    xdp::{ring::Flow, Responder},
 };
 use ackgate_lab::{
     harness::{self, Attached},
     profile::{self, Profile},
     Lab,
 };
-use ackgate_tests::require_root;
+use ackgate_tests::{
+    gateway_responder, require_root,
+    tcp_info::{tcp_info, TcpInfo, OPT_TIMESTAMPS, OPT_WSCALE},
+};
 
 const PORT: u16 = 7000;
 /// Flows per submission the ring takes; the concurrent round stays below.
@@ -60,51 +58,6 @@ fn echo(mut s: TcpStream) {
     let _ = s.shutdown(Shutdown::Write);
 }
 
-/// `struct tcp_info` fields compared between the two paths.
-#[derive(Debug, PartialEq, Eq)]
-struct Info {
-    options: u8,
-    snd_wscale: u8,
-    rcv_wscale: u8,
-    snd_mss: u32,
-    rcv_mss: u32,
-    advmss: u32,
-    rcv_ssthresh: u32,
-    /// tcpi_snd_wnd and tcpi_rcv_wnd, when the kernel reports them.
-    snd_wnd: Option<u32>,
-    rcv_wnd: Option<u32>,
-}
-
-fn tcp_info(s: &TcpStream) -> Info {
-    let mut b = [0u8; 256];
-    let mut len = b.len() as u32;
-    // SAFETY: a valid buffer of the length passed.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            b.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(r, 0, "TCP_INFO");
-    let u32_at = |o: usize| {
-        (o + 4 <= len as usize).then(|| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]))
-    };
-    Info {
-        options: b[5],
-        snd_wscale: b[6] & 0x0f,
-        rcv_wscale: b[6] >> 4,
-        snd_mss: u32_at(16).unwrap(),
-        rcv_mss: u32_at(20).unwrap(),
-        rcv_ssthresh: u32_at(64).unwrap(),
-        advmss: u32_at(84).unwrap(),
-        snd_wnd: u32_at(228),
-        rcv_wnd: u32_at(232),
-    }
-}
-
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
@@ -120,7 +73,7 @@ struct Seen {
     failures: Vec<&'static str>,
     /// TCP_INFO of each materialized socket before any data, by path and
     /// client port.
-    infos: Vec<(&'static str, u16, Info)>,
+    infos: Vec<(&'static str, u16, TcpInfo)>,
 }
 
 /// Steers the gateway's loop from the client side.
@@ -169,26 +122,11 @@ fn batches_of_flows_materialize_through_io_uring() {
     require_root();
     uring::probe().expect("io_uring handoff available on this kernel");
     let lab = Lab::new().unwrap();
-    let gw_if = lab.gw_if;
     let services = [
         SocketAddr::from((lab.vip4, PORT)),
         SocketAddr::from((lab.vip6, PORT)),
     ];
-    let (responder, opener, wscale) = lab
-        .gw
-        .run(move || -> anyhow::Result<(Responder, RawSender, u8)> {
-            let settings = Settings::for_mtu(ackgate::sys::netdev::mtu(gw_if)?);
-            let mut r = Responder::load()?;
-            for s in services {
-                r.add_service(s)?;
-            }
-            r.install_keys(&Secret::random(), current_epoch(60), &settings)?;
-            r.set_handoff(true)?;
-            r.attach(gw_if, AttachMode::Native)?;
-            Ok((r, RawSender::new()?, settings.wscale))
-        })
-        .unwrap()
-        .unwrap();
+    let (responder, opener, wscale) = gateway_responder(&lab, &services);
     let cif = lab.client_if;
     let _pass = lab
         .client
@@ -377,11 +315,16 @@ fn clients(lab: &Lab, services: [SocketAddr; 2], ctl: &Control, seen: &Mutex<See
                 p.name
             );
             // The gateway always states window scaling (shifts 0 when
-            // not negotiated): TCPI_OPT_WSCALE is set either way.
+            // not negotiated): the option bit is set either way.
+            assert_ne!(a.options & OPT_WSCALE, 0);
             if !p.window_scaling {
                 assert_eq!((a.snd_wscale, a.rcv_wscale), (0, 0), "no window scaling");
             }
-            assert_eq!(a.options & 1 != 0, p.timestamps, "timestamps as negotiated");
+            assert_eq!(
+                a.options & OPT_TIMESTAMPS != 0,
+                p.timestamps,
+                "timestamps as negotiated"
+            );
         }
     }
     ctl.sync.store(false, Ordering::Relaxed);

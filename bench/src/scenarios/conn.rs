@@ -47,33 +47,27 @@ pub fn run(a: Args) -> Result<()> {
     let runs = a.common.pick(1, a.runs.max(1));
     let secs = a.common.pick(1.0, a.seconds);
     let sc = Scenario::new("conn", &a.common, 1)?;
-    let rows = side_by_side(&sc.lab, runs, &RELAYS, |t| {
-        let ((rate, failed), cpu) = cpu_during(|| conn_rate(&sc.lab.cli, t.addr, a.clients, secs))?;
-        eprintln!(
-            "conn {:10} {:>8.0} connections/s ({failed} failed)",
-            t.target.label(),
-            rate
-        );
-        Ok(Sample {
-            value: rate,
-            // CPU microseconds (all cores) per connection.
-            cpu_per_unit: cpu.busy_s * 1e6 / (rate * secs).max(1.0),
-            failed,
+    type Client = fn(&Netns, SocketAddr, usize, f64) -> Result<(f64, u64)>;
+    // Each client in its own rounds: connections per second and CPU
+    // microseconds (all cores) per connection.
+    let measure = |name: &str, client: Client| {
+        side_by_side(&sc.lab, runs, &RELAYS, |t| {
+            let ((rate, failed), cpu) =
+                cpu_during(|| client(&sc.lab.cli, t.addr, a.clients, secs))?;
+            eprintln!(
+                "{name:4} {:10} {:>8.0} connections/s ({failed} failed)",
+                t.target.label(),
+                rate
+            );
+            Ok(Sample {
+                value: rate,
+                cpu_per_unit: cpu.busy_s * 1e6 / (rate * secs).max(1.0),
+                failed,
+            })
         })
-    })?;
-    let wrk_rows = side_by_side(&sc.lab, runs, &RELAYS, |t| {
-        let ((rate, failed), cpu) = cpu_during(|| wrk(&sc.lab.cli, t.addr, a.clients, secs))?;
-        eprintln!(
-            "wrk  {:10} {:>8.0} connections/s ({failed} errors)",
-            t.target.label(),
-            rate
-        );
-        Ok(Sample {
-            value: rate,
-            cpu_per_unit: cpu.busy_s * 1e6 / (rate * secs).max(1.0),
-            failed,
-        })
-    })?;
+    };
+    let rows = measure("conn", conn_rate)?;
+    let wrk_rows = measure("wrk", wrk)?;
     let rep = Report {
         head: sc.header(runs),
         clients: a.clients,
