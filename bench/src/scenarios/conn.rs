@@ -82,29 +82,13 @@ pub fn run(a: Args) -> Result<()> {
         secs,
         runs
     ));
-    for r in &rep.connections_per_s {
-        md.push_str(&format!(
-            "| {} | {} | {} | {} |\n",
-            r.target.label(),
-            r.value.show(0),
-            r.cpu_per_unit.show(1),
-            r.failed
-        ));
-    }
+    rows_md(&mut md, &rep.connections_per_s);
     ratios(&mut md, &rep.connections_per_s, "the connection rate");
     md.push_str(&format!(
         "\nThe same with wrk (`wrk -t2 -c{} -d{}s -H 'Connection: close'`, a new connection per request), targets in turn:\n\n| target | connections/s | CPU us per connection | socket errors (all runs) |\n|---|---:|---:|---:|\n",
         a.clients, secs
     ));
-    for r in &rep.wrk_per_s {
-        md.push_str(&format!(
-            "| {} | {} | {} | {} |\n",
-            r.target.label(),
-            r.value.show(0),
-            r.cpu_per_unit.show(1),
-            r.failed
-        ));
-    }
+    rows_md(&mut md, &rep.wrk_per_s);
     ratios(&mut md, &rep.wrk_per_s, "wrk's connection rate");
     let svg = super::bars(
         "Connections per second (median, min-max)",
@@ -185,4 +169,17 @@ fn wrk(cli: &Netns, target: SocketAddr, clients: usize, secs: f64) -> Result<(f6
                 .sum()
         });
     Ok((rate, errors))
+}
+
+/// A table row per target: connections/s, CPU per connection, failures.
+fn rows_md(md: &mut String, rows: &[RateRow]) {
+    for r in rows {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            r.target.label(),
+            r.value.show(0),
+            r.cpu_per_unit.show(1),
+            r.failed
+        ));
+    }
 }

@@ -573,12 +573,7 @@ impl Responder {
         if self.attached.iter().any(|(n, _)| n == iface) {
             return Err(ResponderError::AlreadyAttached(iface.to_string()));
         }
-        let ifindex = nix::net::if_::if_nametoindex(iface)
-            .map_err(|_| ResponderError::NoInterface(iface.to_string()))?;
-        let mac = crate::sys::netdev::mac(iface).map_err(|err| ResponderError::Interface {
-            iface: iface.to_string(),
-            err,
-        })?;
+        let (ifindex, mac) = interface(iface)?;
         let before = self.config;
         // Its MAC is in place before the first frame on it: a MAC set for
         // every interface (`set_mac`) gives way to the interfaces' own.
@@ -649,12 +644,7 @@ impl Responder {
     /// held by this process from now on: it detaches when this process
     /// and the old one are both gone.
     pub fn take_over(&mut self, iface: &str, mode: AttachMode, link_id: u32) -> Result<()> {
-        let ifindex = nix::net::if_::if_nametoindex(iface)
-            .map_err(|_| ResponderError::NoInterface(iface.to_string()))?;
-        let mac = crate::sys::netdev::mac(iface).map_err(|err| ResponderError::Interface {
-            iface: iface.to_string(),
-            err,
-        })?;
+        let (ifindex, mac) = interface(iface)?;
         let n = self.config.n_ifaces as usize;
         if n == MAX_IFACES {
             return Err(ResponderError::TooManyInterfaces { max: MAX_IFACES });
@@ -868,4 +858,15 @@ pub fn attach_named(
                 AttachMode::Skb => "",
             },
         })
+}
+
+/// `iface`'s index and MAC: what the program checks frames against.
+fn interface(iface: &str) -> Result<(u32, [u8; 6])> {
+    let ifindex = nix::net::if_::if_nametoindex(iface)
+        .map_err(|_| ResponderError::NoInterface(iface.to_string()))?;
+    let mac = crate::sys::netdev::mac(iface).map_err(|err| ResponderError::Interface {
+        iface: iface.to_string(),
+        err,
+    })?;
+    Ok((ifindex, mac))
 }
