@@ -36,11 +36,7 @@ use tokio::{
 
 use crate::{
     config::{EngineArg, Plan, RunArgs},
-    handoff::{
-        materialize,
-        retransmit::Retransmitter,
-        uring::{self, UringHandoff},
-    },
+    handoff::{materialize, retransmit::Retransmitter, uring::UringHandoff},
     relay::{
         backends::Backends,
         proxyproto, reset,
@@ -85,7 +81,7 @@ pub fn run(mut plan: Plan, args: RunArgs) -> Result<()> {
     if let Some(p) = &plan.secret_file {
         Secret::from_file(p)?;
     }
-    let engine = Engine::choose(plan.engine)?;
+    let (engine, uring) = Engine::choose(plan.engine)?;
     plan.fit_descriptors()?;
     let exporter = match plan.metrics {
         Some(addr) => {
@@ -103,7 +99,7 @@ pub fn run(mut plan: Plan, args: RunArgs) -> Result<()> {
         .worker_threads(plan.threads)
         .enable_all()
         .build()?;
-    rt.block_on(serve(plan, args, exporter, engine))
+    rt.block_on(serve(plan, args, exporter, engine, uring))
 }
 
 /// The engine an instance runs, chosen once at start.
@@ -116,19 +112,21 @@ pub enum Engine {
 impl Engine {
     /// `auto` takes io_uring when this kernel and sandbox allow it and says
     /// why not otherwise; an explicit `io_uring` that cannot run is an
-    /// error, never a silent fallback.
-    pub fn choose(want: EngineArg) -> Result<Self> {
+    /// error, never a silent fallback. The io_uring engine's ring is made
+    /// here, once: making it is the probe.
+    pub fn choose(want: EngineArg) -> Result<(Self, Option<UringHandoff>)> {
         match want {
-            EngineArg::Tokio => Ok(Engine::Tokio),
+            EngineArg::Tokio => Ok((Engine::Tokio, None)),
             EngineArg::IoUring => {
-                uring::probe().context("engine io_uring cannot run here (try --engine tokio)")?;
-                Ok(Engine::IoUring)
+                let u = UringHandoff::new(BATCH)
+                    .context("engine io_uring cannot run here (try --engine tokio)")?;
+                Ok((Engine::IoUring, Some(u)))
             }
-            EngineArg::Auto => match uring::probe() {
-                Ok(()) => Ok(Engine::IoUring),
+            EngineArg::Auto => match UringHandoff::new(BATCH) {
+                Ok(u) => Ok((Engine::IoUring, Some(u))),
                 Err(e) => {
                     tracing::info!("engine auto: io_uring unavailable ({e}): using tokio");
-                    Ok(Engine::Tokio)
+                    Ok((Engine::Tokio, None))
                 }
             },
         }
@@ -147,6 +145,7 @@ async fn serve(
     args: RunArgs,
     exporter: Option<Exporter>,
     engine: Engine,
+    uring: Option<UringHandoff>,
 ) -> Result<()> {
     let mut signals = Signals::new()?;
     if let Some(e) = exporter {
@@ -201,7 +200,7 @@ async fn serve(
         tokio::spawn(takeover::serve(takeover::bind(sock)?, control_tx));
     }
     let mut flows = match (&mut gate, sender) {
-        (Some(g), Some(sender)) => Some(Flows::new(g, sender, &plan, engine)?),
+        (Some(g), Some(sender)) => Some(Flows::new(g, sender, &plan, uring)?),
         _ => None,
     };
     let mut ring = match &mut gate {
@@ -712,13 +711,12 @@ fn server_first(plan: &Plan) -> Vec<SocketAddr> {
 }
 
 impl Flows {
-    fn new(g: &mut Gate, sender: RawSender, plan: &Plan, engine: Engine) -> Result<Self> {
-        let uring = match engine {
-            Engine::Tokio => None,
-            Engine::IoUring => {
-                Some(UringHandoff::new(BATCH).context("the io_uring engine's ring")?)
-            }
-        };
+    fn new(
+        g: &mut Gate,
+        sender: RawSender,
+        plan: &Plan,
+        uring: Option<UringHandoff>,
+    ) -> Result<Self> {
         Ok(Flows {
             sender,
             retransmit: Retransmitter::new(g.r.take_recent()?),
