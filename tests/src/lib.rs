@@ -157,6 +157,25 @@ pub fn scrape_gw(lab: &lab::Lab, addr: &str) -> Vec<ackgate::telemetry::stats::S
         .expect("metrics endpoint answers")
 }
 
+/// Scrapes until `done` holds of a scrape or `limit` passes, and returns
+/// the last: a connection's counters are updated by its engine thread just
+/// after the client has seen its end.
+pub fn scrape_gw_until(
+    lab: &lab::Lab,
+    addr: &str,
+    limit: std::time::Duration,
+    done: impl Fn(&[ackgate::telemetry::stats::Sample]) -> bool,
+) -> Vec<ackgate::telemetry::stats::Sample> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let m = scrape_gw(lab, addr);
+        if done(&m) || std::time::Instant::now() >= deadline {
+            return m;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Sum of `name` over the series carrying `label` (all series if `None`).
 pub fn metric(
     s: &[ackgate::telemetry::stats::Sample],

@@ -13,6 +13,7 @@ use std::{
 };
 
 use ackgate_tests::{ackgate_bin, lab::Lab, metric, scrape_gw, with_echo_lab, Process, METRICS};
+use nix::sys::signal::{kill, Signal};
 
 /// The audit architecture seccomp reports for this build's target.
 #[cfg(target_arch = "x86_64")]
@@ -117,14 +118,22 @@ fn auto_picks_io_uring_or_says_why_not_and_explicit_io_uring_never_falls_back() 
             p.output
         );
         echo_through(lab);
-        // A burst: flows wait on the ring together and go through it in
-        // batches of linked chains; every one is served intact.
+        // A backlog: with ackgate stopped, XDP still completes 128
+        // handshakes and queues them on the ring; on SIGCONT they go through
+        // in batches of linked chains, and every one is served intact (the
+        // clients' data, dropped meanwhile, is retransmitted).
         let target = SocketAddr::from((lab.vip4, 8080));
         let barrier = std::sync::Barrier::new(128);
+        let pid = p.pid();
+        kill(pid, Signal::SIGSTOP).unwrap();
         let served = lab
             .client
             .run(|| {
                 std::thread::scope(|sc| {
+                    sc.spawn(move || {
+                        std::thread::sleep(Duration::from_millis(700));
+                        kill(pid, Signal::SIGCONT).unwrap();
+                    });
                     let hs: Vec<_> = (0..128)
                         .map(|i| {
                             let barrier = &barrier;

@@ -483,7 +483,15 @@ fn a_backend_dying_mid_relay_resets_the_client() {
                     (got, end)
                 })
                 .unwrap();
-            let m = ackgate_tests::scrape_gw(lab, ackgate_tests::METRICS);
+            let relay_errors = |m: &[_]| {
+                ackgate_tests::metric(m, "ackgate_resets_total", Some(("reason", "relay_error")))
+            };
+            let m = ackgate_tests::scrape_gw_until(
+                lab,
+                ackgate_tests::METRICS,
+                Duration::from_secs(2),
+                |m| relay_errors(m) >= 1.0,
+            );
             let (_, out) = run.stop(Duration::from_secs(15)).unwrap();
             assert!(
                 got.ends_with(b"partial"),
@@ -494,10 +502,7 @@ fn a_backend_dying_mid_relay_resets_the_client() {
                 Err(std::io::ErrorKind::ConnectionReset),
                 "a cut-off response ends with a RST, not a clean FIN: {out:?}"
             );
-            assert_eq!(
-                ackgate_tests::metric(&m, "ackgate_resets_total", Some(("reason", "relay_error"))),
-                1.0
-            );
+            assert_eq!(relay_errors(&m), 1.0);
         },
     );
 }

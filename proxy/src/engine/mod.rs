@@ -7,10 +7,12 @@
 //! * Plain (`--xdp-mode off`): kernel listeners (kernel SYN cookies) and the
 //!   same relay.
 //!
-//! Two engines drive the same logic: `tokio` materializes each verified
-//! flow with one system call per step; `io_uring` submits a batch of flows
-//! as linked operations in one call ([`crate::handoff::uring`]). Both relay
-//! with splice(2) on tokio's threads (`--threads`).
+//! The loop's thread reads the handoff ring and deals verified flows out to
+//! the engine threads (`--threads`, [`threads`]), each of which materializes
+//! its flows and relays them. Two engines drive the same logic: `tokio`
+//! materializes each verified flow with one system call per step; `io_uring`
+//! submits a batch of flows as linked operations in one call, through a ring
+//! per thread ([`crate::handoff::uring`]). Both relay with splice(2).
 //!
 //! SIGHUP reloads the configuration in place: the protected set, services,
 //! backends and limits change for new flows; XDP stays attached, keys stay,
@@ -26,6 +28,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod threads;
+
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use tokio::{
@@ -34,9 +38,10 @@ use tokio::{
     task::{AbortHandle, JoinSet},
 };
 
+use self::threads::{Threads, Verified};
 use crate::{
     config::{EngineArg, Plan, RunArgs},
-    handoff::{materialize, retransmit::Retransmitter, uring::UringHandoff},
+    handoff::{retransmit::Retransmitter, uring::UringHandoff},
     relay::{
         backends::Backends,
         proxyproto, reset,
@@ -63,8 +68,6 @@ const RETRANSMIT_TICKS: u64 = 2;
 /// batches of 16 made the most flows per second of one thread; 64 made
 /// fewer, and a flow waits for its whole batch.
 const BATCH: u32 = 16;
-/// Fewest flows the io_uring engine submits as one batch of chains.
-const URING_MIN_BATCH: usize = BATCH as usize;
 /// A recurring local failure is logged at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -81,7 +84,7 @@ pub fn run(mut plan: Plan, args: RunArgs) -> Result<()> {
     if let Some(p) = &plan.secret_file {
         Secret::from_file(p)?;
     }
-    let (engine, uring) = Engine::choose(plan.engine)?;
+    let (engine, rings) = Engine::choose(plan.engine, plan.threads)?;
     plan.fit_descriptors()?;
     let exporter = match plan.metrics {
         Some(addr) => {
@@ -95,11 +98,12 @@ pub fn run(mut plan: Plan, args: RunArgs) -> Result<()> {
         }
         None => None,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(plan.threads)
+    // The loop's own runtime: the ring, signals, ticks, the control socket,
+    // metrics and health checks. Relays run on the engine threads.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(plan, args, exporter, engine, uring))
+    rt.block_on(serve(plan, args, exporter, engine, rings))
 }
 
 /// The engine an instance runs, chosen once at start.
@@ -112,21 +116,22 @@ pub enum Engine {
 impl Engine {
     /// `auto` takes io_uring when this kernel and sandbox allow it and says
     /// why not otherwise; an explicit `io_uring` that cannot run is an
-    /// error, never a silent fallback. The io_uring engine's ring is made
-    /// here, once: making it is the probe.
-    pub fn choose(want: EngineArg) -> Result<(Self, Option<UringHandoff>)> {
+    /// error, never a silent fallback. The io_uring engine's rings, one
+    /// per engine thread, are made here: making the first is the probe.
+    pub fn choose(want: EngineArg, threads: usize) -> Result<(Self, Vec<UringHandoff>)> {
+        let rings = || (0..threads).map(|_| UringHandoff::new(BATCH)).collect();
         match want {
-            EngineArg::Tokio => Ok((Engine::Tokio, None)),
+            EngineArg::Tokio => Ok((Engine::Tokio, Vec::new())),
             EngineArg::IoUring => {
-                let u = UringHandoff::new(BATCH)
-                    .context("engine io_uring cannot run here (try --engine tokio)")?;
-                Ok((Engine::IoUring, Some(u)))
+                let r: Result<Vec<_>, _> = rings();
+                let r = r.context("engine io_uring cannot run here (try --engine tokio)")?;
+                Ok((Engine::IoUring, r))
             }
-            EngineArg::Auto => match UringHandoff::new(BATCH) {
-                Ok(u) => Ok((Engine::IoUring, Some(u))),
+            EngineArg::Auto => match rings() {
+                Ok(r) => Ok((Engine::IoUring, r)),
                 Err(e) => {
                     tracing::info!("engine auto: io_uring unavailable ({e}): using tokio");
-                    Ok((Engine::Tokio, None))
+                    Ok((Engine::Tokio, Vec::new()))
                 }
             },
         }
@@ -145,7 +150,7 @@ async fn serve(
     args: RunArgs,
     exporter: Option<Exporter>,
     engine: Engine,
-    uring: Option<UringHandoff>,
+    mut rings: Vec<UringHandoff>,
 ) -> Result<()> {
     let mut signals = Signals::new()?;
     if let Some(e) = exporter {
@@ -159,7 +164,7 @@ async fn serve(
             let s = RawSender::new()
                 .context("raw IP sockets for window updates (needs CAP_NET_RAW)")?;
             sysctl::allow_time_wait_reuse()?;
-            Some(s)
+            Some(Arc::new(s))
         }
         _ => None,
     };
@@ -199,8 +204,24 @@ async fn serve(
         }
         tokio::spawn(takeover::serve(takeover::bind(sock)?, control_tx));
     }
+    let threads = match &proxy {
+        Some(p) => {
+            let handoffs = (0..plan.threads)
+                .map(|_| match (&gate, &sender) {
+                    (Some(g), Some(s)) => Some(threads::Handoff {
+                        sender: s.clone(),
+                        uring: rings.pop(),
+                        wscale: g.settings.wscale,
+                    }),
+                    _ => None,
+                })
+                .collect();
+            Some(Arc::new(Threads::start(p, handoffs)?))
+        }
+        None => None,
+    };
     let mut flows = match (&mut gate, sender) {
-        (Some(g), Some(sender)) => Some(Flows::new(g, sender, &plan, uring)?),
+        (Some(g), Some(sender)) => Some(Flows::new(g, sender, &plan)?),
         _ => None,
     };
     let mut ring = match &mut gate {
@@ -208,8 +229,8 @@ async fn serve(
         _ => None,
     };
     let mut listeners = Listeners::default();
-    if let (None, Some(p)) = (&gate, &proxy) {
-        listeners.apply(&plan, p).await?;
+    if let (None, Some(p), Some(t)) = (&gate, &proxy, &threads) {
+        listeners.apply(&plan, p, t).await?;
     }
     let _pid = PidFile::write(plan.pid_file.as_deref())?;
     announce(&plan, &gate, &proxy, engine);
@@ -222,8 +243,8 @@ async fn serve(
         tokio::select! {
             g = readable(&mut ring) => {
                 let mut g = g?;
-                if let (Some(f), Some(p)) = (&mut flows, &proxy) {
-                    f.drain(p, g.get_inner_mut());
+                if let (Some(f), Some(p), Some(t)) = (&mut flows, &proxy, &threads) {
+                    f.drain(p, t, g.get_inner_mut()).await;
                 }
                 g.clear_ready();
             }
@@ -278,7 +299,7 @@ async fn serve(
             s = signals.recv() => match s {
                 Some(name) => break name,
                 None => {
-                    let r = reload(&args, &mut plan, &mut gate, &mut flows, &proxy, &mut listeners).await;
+                    let r = reload(&args, &mut plan, &mut gate, &mut flows, &proxy, &threads, &mut listeners).await;
                     match &r {
                         Ok(()) => tracing::info!(
                             "SIGHUP: configuration reloaded: {} services, {} backends",
@@ -304,13 +325,17 @@ async fn serve(
     if let (Some(g), Some(_)) = (&mut gate, &flows) {
         g.r.set_handoff(false)?;
     }
-    if let (Some(r), Some(f), Some(p)) = (&mut ring, &mut flows, &proxy) {
-        f.drain(p, r.get_mut());
+    if let (Some(r), Some(f), Some(p), Some(t)) = (&mut ring, &mut flows, &proxy, &threads) {
+        f.drain(p, t, r.get_mut()).await;
     }
     listeners.close();
-    match &proxy {
-        Some(p) => p.drain(signame, plan.grace).await,
-        None => tracing::info!("{signame}, detaching"),
+    match (&proxy, &threads) {
+        (Some(p), Some(t)) => {
+            // Flows dealt out but not yet opened count as well.
+            t.settle(plan.grace).await;
+            p.drain(signame, plan.grace).await
+        }
+        _ => tracing::info!("{signame}, detaching"),
     }
     if let Some(g) = &mut gate {
         g.publish();
@@ -330,13 +355,14 @@ async fn reload(
     gate: &mut Option<Gate>,
     flows: &mut Option<Flows>,
     proxy: &Option<Arc<Proxy>>,
+    threads: &Option<Arc<Threads>>,
     listeners: &mut Listeners,
 ) -> Result<()> {
     let mut new = Plan::from_args(args)?;
     plan.reloadable_as(&new)?;
     new.fit_descriptors()?;
-    if let (None, Some(p)) = (&gate, proxy) {
-        listeners.apply(&new, p).await?;
+    if let (None, Some(p), Some(t)) = (&gate, proxy, threads) {
+        listeners.apply(&new, p, t).await?;
     }
     if let Some(g) = gate {
         g.protect(&new)?;
@@ -693,14 +719,12 @@ async fn serve_one(
     o.moved
 }
 
-/// Verified flows: materialized here, then handed to the proxy.
+/// Verified flows: read off the ring, routed, and dealt to the engine
+/// threads; their server-first SYN-ACKs retransmitted until then.
 struct Flows {
-    sender: RawSender,
+    sender: Arc<RawSender>,
     retransmit: Retransmitter,
     server_first: Vec<SocketAddr>,
-    wscale: u8,
-    /// The io_uring engine's ring; `None`: the tokio engine's system calls.
-    uring: Option<UringHandoff>,
 }
 
 fn server_first(plan: &Plan) -> Vec<SocketAddr> {
@@ -711,23 +735,16 @@ fn server_first(plan: &Plan) -> Vec<SocketAddr> {
 }
 
 impl Flows {
-    fn new(
-        g: &mut Gate,
-        sender: RawSender,
-        plan: &Plan,
-        uring: Option<UringHandoff>,
-    ) -> Result<Self> {
+    fn new(g: &mut Gate, sender: Arc<RawSender>, plan: &Plan) -> Result<Self> {
         Ok(Flows {
             sender,
             retransmit: Retransmitter::new(g.r.take_recent()?),
             server_first: server_first(plan),
-            wscale: g.settings.wscale,
-            uring,
         })
     }
 
     /// Everything on the ring, in batches of up to [`BATCH`] events.
-    fn drain(&mut self, p: &Arc<Proxy>, r: &mut RingBuf<MapData>) {
+    async fn drain(&mut self, p: &Arc<Proxy>, t: &Threads, r: &mut RingBuf<MapData>) {
         let mut events = Vec::with_capacity(BATCH as usize);
         loop {
             events.clear();
@@ -738,15 +755,13 @@ impl Flows {
             if events.is_empty() {
                 return;
             }
-            self.take(p, &events);
+            t.verified(self.route(p, &events)).await;
         }
     }
 
-    /// Ring events: materialized (one batch with io_uring), then each
-    /// connected and relayed on a task.
-    fn take(&mut self, p: &Arc<Proxy>, events: &[ackgate_common::wire::Handoff]) {
-        let mut flows = Vec::with_capacity(events.len());
-        let mut meta = Vec::with_capacity(events.len());
+    /// Ring events, decoded and routed.
+    fn route(&mut self, p: &Arc<Proxy>, events: &[ackgate_common::wire::Handoff]) -> Vec<Verified> {
+        let mut batch = Vec::with_capacity(events.len());
         for e in events {
             let flow = match Flow::from_event(e) {
                 Ok(f) => f,
@@ -763,45 +778,17 @@ impl Flows {
                 p.stats.handoff_failed("no_service");
                 continue;
             };
-            flows.push(flow);
-            meta.push((route, e.ktime_ns));
-        }
-        // Only full batches go through the ring: below that, a batch's
-        // chains measured slower than the same flows' system calls
-        // (`ackgate-bench handoff`; with wrk's 8 clients, batches of 2-8
-        // cost 0.73x tokio's connection rate).
-        let made = match &mut self.uring {
-            Some(u) if flows.len() >= URING_MIN_BATCH => {
-                p.stats.handoff_call(true);
-                u.materialize(&flows, self.wscale, &self.sender)
-            }
-            _ => flows
-                .iter()
-                .map(|f| {
-                    p.stats.handoff_call(false);
-                    materialize(f, self.wscale, &self.sender)
-                })
-                .collect(),
-        };
-        for ((flow, (route, ktime_ns)), made) in flows.iter().zip(meta).zip(made) {
-            let client = match made {
-                Ok(s) => s,
-                Err(err) => {
-                    tracing::debug!(client = %flow.client, service = %flow.service, error = %err, "handoff failed");
-                    p.stats.handoff_failed(err.reason());
-                    continue;
-                }
-            };
-            // Both stamps are CLOCK_MONOTONIC; a zero stamp (an old
-            // program) must not record 584 years.
-            let latency = (ktime_ns != 0)
-                .then(|| Duration::from_nanos(clock::monotonic_ns().saturating_sub(ktime_ns)));
-            p.stats.handoff(latency);
+            // Its client's ACK is here: no more SYN-ACKs.
             if self.server_first.contains(&flow.service) {
                 self.retransmit.forget(flow.client, flow.service);
             }
-            p.open(client, flow.client, flow.service, route);
+            batch.push(Verified {
+                flow,
+                route,
+                ktime_ns: e.ktime_ns,
+            });
         }
+        batch
     }
 }
 
@@ -815,7 +802,7 @@ struct Listeners {
 impl Listeners {
     /// Listens on `plan`'s addresses: new ones are bound first (if one
     /// fails, nothing changes), then removed ones close.
-    async fn apply(&mut self, plan: &Plan, p: &Arc<Proxy>) -> Result<()> {
+    async fn apply(&mut self, plan: &Plan, p: &Arc<Proxy>, t: &Arc<Threads>) -> Result<()> {
         let wanted: Vec<SocketAddr> = plan.protected().into_iter().map(|(a, _)| a).collect();
         let mut bound = Vec::new();
         for &addr in wanted.iter().filter(|a| !self.running.contains_key(a)) {
@@ -832,7 +819,7 @@ impl Listeners {
             keep
         });
         for (addr, l) in bound {
-            let h = self.tasks.spawn(accept_loop(l, addr, p.clone()));
+            let h = self.tasks.spawn(accept_loop(l, addr, p.clone(), t.clone()));
             self.running.insert(addr, h);
         }
         Ok(())
@@ -844,14 +831,14 @@ impl Listeners {
     }
 }
 
-async fn accept_loop(l: tokio::net::TcpListener, addr: SocketAddr, p: Arc<Proxy>) {
+async fn accept_loop(l: tokio::net::TcpListener, addr: SocketAddr, p: Arc<Proxy>, t: Arc<Threads>) {
     loop {
         match l.accept().await {
             Ok((s, peer)) => match s.into_std() {
                 Ok(s) => match p.route(addr) {
                     Some(route) => {
                         p.stats.handoff(None);
-                        p.open(s, peer, addr, route);
+                        t.accepted(s, peer, addr, route).await;
                     }
                     None => {
                         p.stats.handoff_failed("no_service");
