@@ -7,9 +7,10 @@
 //! * Plain (`--xdp-mode off`): kernel listeners (kernel SYN cookies) and the
 //!   same relay.
 //!
-//! The loop's thread reads the handoff ring and deals verified flows out to
-//! the engine threads (`--threads`, [`threads`]), each of which materializes
-//! its flows and relays them. Two engines drive the same logic: `tokio`
+//! The engine threads (`--threads`, [`threads`]) take verified flows off the
+//! handoff ring, materialize them and relay them; the loop's thread keeps
+//! the clock, keys, signals, reloads and metrics. Two engines drive the
+//! same logic: `tokio`
 //! materializes each verified flow with one system call per step; `io_uring`
 //! submits a batch of flows as linked operations in one call, through a ring
 //! per thread ([`crate::handoff::uring`]). Both relay with splice(2).
@@ -31,14 +32,13 @@ use std::{
 mod threads;
 
 use anyhow::{bail, Context as _, Result};
-use aya::maps::{MapData, RingBuf};
 use tokio::{
-    io::{unix::AsyncFd, AsyncWriteExt as _},
+    io::AsyncWriteExt as _,
     signal::unix::{signal, Signal, SignalKind},
     task::{AbortHandle, JoinSet},
 };
 
-use self::threads::{Threads, Verified};
+use self::threads::{Ring, Threads};
 use crate::{
     config::{EngineArg, Plan, RunArgs},
     handoff::{retransmit::Retransmitter, uring::UringHandoff},
@@ -52,7 +52,6 @@ use crate::{
     takeover,
     telemetry::metrics::{Exporter, ResetReason, ServiceStats, Stats, XdpMetrics, XDP_POLL},
     xdp::{
-        ring::{self, Flow},
         secret::{current_epoch, Secret},
         AccessList, AttachMode, Responder, Settings,
     },
@@ -204,29 +203,27 @@ async fn serve(
         }
         tokio::spawn(takeover::serve(takeover::bind(sock)?, control_tx));
     }
+    let flows = match (&mut gate, sender) {
+        (Some(g), Some(sender)) => Some(Flows::new(g, sender)?),
+        _ => None,
+    };
     let threads = match &proxy {
         Some(p) => {
             let handoffs = (0..plan.threads)
-                .map(|_| match (&gate, &sender) {
-                    (Some(g), Some(s)) => Some(threads::Handoff {
-                        sender: s.clone(),
+                .map(|_| {
+                    let (f, g) = (flows.as_ref()?, gate.as_ref()?);
+                    Some(threads::Handoff {
+                        ring: f.ring.clone(),
+                        retransmit: f.retransmit.clone(),
+                        sender: f.sender.clone(),
                         uring: rings.pop(),
                         wscale: g.settings.wscale,
-                    }),
-                    _ => None,
+                    })
                 })
                 .collect();
             Some(Arc::new(Threads::start(p, handoffs)?))
         }
         None => None,
-    };
-    let mut flows = match (&mut gate, sender) {
-        (Some(g), Some(sender)) => Some(Flows::new(g, sender, &plan)?),
-        _ => None,
-    };
-    let mut ring = match &mut gate {
-        Some(g) if flows.is_some() => Some(watch_ring(&mut g.r)?),
-        _ => None,
     };
     let mut listeners = Listeners::default();
     if let (None, Some(p), Some(t)) = (&gate, &proxy, &threads) {
@@ -241,21 +238,15 @@ async fn serve(
     let mut last_poll = Instant::now();
     let signame = loop {
         tokio::select! {
-            g = readable(&mut ring) => {
-                let mut g = g?;
-                if let (Some(f), Some(p), Some(t)) = (&mut flows, &proxy, &threads) {
-                    f.drain(p, t, g.get_inner_mut()).await;
-                }
-                g.clear_ready();
-            }
             _ = tick.tick() => {
                 n = n.wrapping_add(1);
                 if let Some(g) = &mut gate {
                     g.tick(&plan)?;
                 }
-                if let (Some(f), Some(p)) = (&mut flows, &proxy) {
+                if let (Some(f), Some(p)) = (&flows, &proxy) {
                     if n.is_multiple_of(RETRANSMIT_TICKS) {
-                        p.stats.synack_retransmits(&f.retransmit.tick(clock::cookie_clock_ms(), &f.sender));
+                        let t = f.retransmit.lock().unwrap().tick(clock::cookie_clock_ms(), &f.sender);
+                        p.stats.synack_retransmits(&t);
                     }
                 }
                 if last_poll.elapsed() >= XDP_POLL {
@@ -299,7 +290,7 @@ async fn serve(
             s = signals.recv() => match s {
                 Some(name) => break name,
                 None => {
-                    let r = reload(&args, &mut plan, &mut gate, &mut flows, &proxy, &threads, &mut listeners).await;
+                    let r = reload(&args, &mut plan, &mut gate, &proxy, &threads, &mut listeners).await;
                     match &r {
                         Ok(()) => tracing::info!(
                             "SIGHUP: configuration reloaded: {} services, {} backends",
@@ -325,14 +316,13 @@ async fn serve(
     if let (Some(g), Some(_)) = (&mut gate, &flows) {
         g.r.set_handoff(false)?;
     }
-    if let (Some(r), Some(f), Some(p), Some(t)) = (&mut ring, &mut flows, &proxy, &threads) {
-        f.drain(p, t, r.get_mut()).await;
-    }
     listeners.close();
     match (&proxy, &threads) {
         (Some(p), Some(t)) => {
-            // Flows dealt out but not yet opened count as well.
-            t.settle(plan.grace).await;
+            // Flows taken but not yet opened count as well.
+            if let Some(f) = &flows {
+                t.finish(p, &f.ring, &f.retransmit, plan.grace).await;
+            }
             p.drain(signame, plan.grace).await
         }
         _ => tracing::info!("{signame}, detaching"),
@@ -353,7 +343,6 @@ async fn reload(
     args: &RunArgs,
     plan: &mut Plan,
     gate: &mut Option<Gate>,
-    flows: &mut Option<Flows>,
     proxy: &Option<Arc<Proxy>>,
     threads: &Option<Arc<Threads>>,
     listeners: &mut Listeners,
@@ -369,9 +358,6 @@ async fn reload(
     }
     if let Some(p) = proxy {
         p.configure(&new);
-    }
-    if let Some(f) = flows {
-        f.server_first = server_first(&new);
     }
     *plan = new;
     Ok(())
@@ -631,27 +617,6 @@ impl Gate {
     }
 }
 
-/// The ring as a readiness source.
-fn watch_ring(r: &mut Responder) -> Result<AsyncFd<RingBuf<MapData>>> {
-    // SAFETY: the ring buffer owns its fd, which stays open for as long as
-    // the AsyncFd holds it; nothing else closes it.
-    unsafe {
-        AsyncFd::register_with_interest(r.take_handoff_ring()?, tokio::io::Interest::READABLE)
-    }
-    .map_err(|e| e.into_parts().1)
-    .context("watching the handoff ring buffer")
-}
-
-/// The ring's next readiness, or never without a ring.
-async fn readable(
-    ring: &mut Option<AsyncFd<RingBuf<MapData>>>,
-) -> std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
-    match ring {
-        Some(r) => r.readable_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// One connection: for a client-first service, wait for the client's first
 /// byte (or reset it when the timeout passes) before a backend is
 /// connected, so a bare handshake never costs a backend connection; then
@@ -719,76 +684,22 @@ async fn serve_one(
     o.moved
 }
 
-/// Verified flows: read off the ring, routed, and dealt to the engine
-/// threads; their server-first SYN-ACKs retransmitted until then.
+/// What the engine threads share to take verified flows: the ring, the
+/// raw socket for window updates, and the server-first SYN-ACKs the loop
+/// retransmits until their ACK arrives.
 struct Flows {
+    ring: Arc<Ring>,
     sender: Arc<RawSender>,
-    retransmit: Retransmitter,
-    server_first: Vec<SocketAddr>,
-}
-
-fn server_first(plan: &Plan) -> Vec<SocketAddr> {
-    plan.protected()
-        .into_iter()
-        .filter_map(|(a, sf)| sf.then_some(a))
-        .collect()
+    retransmit: Arc<Mutex<Retransmitter>>,
 }
 
 impl Flows {
-    fn new(g: &mut Gate, sender: Arc<RawSender>, plan: &Plan) -> Result<Self> {
+    fn new(g: &mut Gate, sender: Arc<RawSender>) -> Result<Self> {
         Ok(Flows {
+            ring: Arc::new(Ring::new(g.r.take_handoff_ring()?)),
             sender,
-            retransmit: Retransmitter::new(g.r.take_recent()?),
-            server_first: server_first(plan),
+            retransmit: Arc::new(Mutex::new(Retransmitter::new(g.r.take_recent()?))),
         })
-    }
-
-    /// Everything on the ring, in batches of up to [`BATCH`] events.
-    async fn drain(&mut self, p: &Arc<Proxy>, t: &Threads, r: &mut RingBuf<MapData>) {
-        let mut events = Vec::with_capacity(BATCH as usize);
-        loop {
-            events.clear();
-            while events.len() < BATCH as usize {
-                let Some(item) = r.next() else { break };
-                events.extend(ring::event(&item));
-            }
-            if events.is_empty() {
-                return;
-            }
-            t.verified(self.route(p, &events)).await;
-        }
-    }
-
-    /// Ring events, decoded and routed.
-    fn route(&mut self, p: &Arc<Proxy>, events: &[ackgate_common::wire::Handoff]) -> Vec<Verified> {
-        let mut batch = Vec::with_capacity(events.len());
-        for e in events {
-            let flow = match Flow::from_event(e) {
-                Ok(f) => f,
-                Err(err) => {
-                    tracing::debug!(error = %err, "handoff event rejected");
-                    p.stats.handoff_failed(err.reason());
-                    continue;
-                }
-            };
-            // Verified before a reload removed its service: nothing to hand
-            // it to. Its next segment reaches the kernel, which resets it.
-            let Some(route) = p.route(flow.service) else {
-                tracing::debug!(client = %flow.client, service = %flow.service, "handoff for a removed service");
-                p.stats.handoff_failed("no_service");
-                continue;
-            };
-            // Its client's ACK is here: no more SYN-ACKs.
-            if self.server_first.contains(&flow.service) {
-                self.retransmit.forget(flow.client, flow.service);
-            }
-            batch.push(Verified {
-                flow,
-                route,
-                ktime_ns: e.ktime_ns,
-            });
-        }
-        batch
     }
 }
 
