@@ -2,7 +2,8 @@
 //! client's zero-window probes, queued while ackgate is stopped) is
 //! materialized once; the later events fail at the repair-mode connect()
 //! with EADDRNOTAVAIL and are counted as `duplicate`, not as a socket error,
-//! and the connection itself works.
+//! and the connection itself works. A 4-tuple held by ackgate's TIME_WAIT
+//! socket of an earlier connection, though, is freed for the new one.
 
 use std::{
     io::{Read as _, Write as _},
@@ -11,7 +12,14 @@ use std::{
 };
 
 use ackgate::telemetry::stats::Sample;
-use ackgate_tests::{metric, run_ackgate_until, scrape_gw, with_echo_lab};
+use std::{
+    sync::atomic::{AtomicBool, Ordering::Relaxed},
+    time::Instant,
+};
+
+use ackgate_tests::{
+    connect_from, metric, run_ackgate_until, scrape_gw, with_backend_lab, with_echo_lab,
+};
 use nix::{sys::signal, unistd::Pid};
 
 const METRICS: &str = "127.0.0.1:9469";
@@ -100,4 +108,95 @@ fn a_flow_verified_twice_is_one_connection_and_one_duplicate() {
         assert_eq!(value(&m, "ackgate_backend_connects_total", None), 1.0);
         run.stop(Duration::from_secs(15)).unwrap();
     });
+}
+
+/// Answers and closes first, as an HTTP server with `Connection: close`
+/// does: ackgate's side of the client's connection is then the one left in
+/// TIME_WAIT.
+fn answer_and_close(l: std::net::TcpListener, stop: &AtomicBool) {
+    l.set_nonblocking(true).unwrap();
+    while !stop.load(Relaxed) {
+        match l.accept() {
+            Ok((mut s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                let mut b = [0u8; 64];
+                let _ = s.read(&mut b);
+                let _ = s.write_all(b"bye");
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+/// A client that opens a new connection from the port of one that just
+/// ended (busy clients and NATs reuse ports within seconds) while ackgate's
+/// socket of the old one is in TIME_WAIT. The kernel would take such a SYN
+/// over the TIME_WAIT socket; XDP answers it here, and the repair-mode
+/// connect() may only reuse the tuple when the old connection had
+/// timestamps. Without them the handoff ends that TIME_WAIT socket itself
+/// (never a live one: the duplicate test above still holds).
+#[test]
+fn a_client_reusing_its_port_during_time_wait_is_served_at_once() {
+    with_backend_lab(
+        |_| {},
+        answer_and_close,
+        |lab| {
+            let v4 = format!("{}:8080", lab.vip4);
+            let run = run_ackgate_until(
+                lab,
+                &["--listen", &v4, "--backend", "127.0.0.1:9000"],
+                "proxy ready",
+            );
+            let target = SocketAddr::from((lab.vip4, 8080));
+            for (port, timestamps) in [(41000u16, true), (41002, false)] {
+                lab.client
+                    .exec(&[
+                        "sysctl",
+                        "-qw",
+                        &format!("net.ipv4.tcp_timestamps={}", timestamps as u8),
+                    ])
+                    .unwrap();
+                let local = SocketAddr::from((lab.client4, port));
+                let once = || {
+                    lab.client
+                        .run(|| -> std::io::Result<Vec<u8>> {
+                            let mut s = connect_from(local, target)?;
+                            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                            s.write_all(b"hello")?;
+                            let mut got = Vec::new();
+                            s.read_to_end(&mut got)?;
+                            Ok(got)
+                        })
+                        .unwrap()
+                };
+                assert_eq!(once().unwrap(), b"bye", "first connection");
+                // ackgate's socket of it lingers in TIME_WAIT.
+                let deadline = Instant::now() + Duration::from_secs(2);
+                let tuple = format!("{local}");
+                loop {
+                    let out = lab.gw.exec(&["ss", "-tanH", "state", "time-wait"]).unwrap();
+                    let out = String::from_utf8_lossy(&out.stdout);
+                    if out.contains(&tuple) {
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "no TIME_WAIT for {tuple}: {out}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let t = Instant::now();
+                let again = once();
+                let took = t.elapsed();
+                assert_eq!(
+                    again.as_deref().ok(),
+                    Some(&b"bye"[..]),
+                    "port reused (timestamps {timestamps}): {again:?} after {took:?}"
+                );
+                assert!(
+                    took < Duration::from_millis(500),
+                    "port reused (timestamps {timestamps}) took {took:?}"
+                );
+            }
+            let (status, out) = run.stop(Duration::from_secs(15)).unwrap();
+            assert!(status.success(), "{out:?}");
+        },
+    );
 }

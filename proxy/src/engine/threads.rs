@@ -24,8 +24,8 @@ use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use super::{Proxy, Route, BATCH};
 use crate::{
-    handoff::{materialize, retransmit::Retransmitter, uring::UringHandoff},
-    sys::{clock, raw::RawSender},
+    handoff::{materialize, retransmit::Retransmitter, uring::UringHandoff, HandoffError},
+    sys::{clock, diag, raw::RawSender},
     xdp::ring::{self, Flow},
 };
 
@@ -312,6 +312,24 @@ async fn readable(
 }
 
 impl Handoff {
+    /// A flow whose 4-tuple is taken: if by a TIME_WAIT socket of an
+    /// earlier connection (the client reused its port), that socket is
+    /// ended, as the kernel would for a new SYN, and the flow materialized;
+    /// `None` if the tuple is held by a live socket (a duplicate event).
+    fn after_time_wait(&self, f: &Flow) -> Option<Result<std::net::TcpStream, HandoffError>> {
+        match diag::end_time_wait(f.service, f.client) {
+            Ok(true) => {
+                tracing::debug!(client = %f.client, service = %f.service, "ended the TIME_WAIT socket of a reused client port");
+                Some(materialize(f, self.wscale, &self.sender))
+            }
+            Ok(false) => None,
+            Err(e) => {
+                tracing::debug!(client = %f.client, service = %f.service, error = %e, "TIME_WAIT lookup failed");
+                None
+            }
+        }
+    }
+
     /// Materializes a batch (one submission with io_uring when it is full),
     /// then opens each connection on this thread.
     fn open(&mut self, p: &Arc<Proxy>, batch: Vec<Verified>) {
@@ -330,6 +348,12 @@ impl Handoff {
                 .collect(),
         };
         for (v, made) in batch.into_iter().zip(made) {
+            let made = match made {
+                Err(e) if e.reason() == "duplicate" => {
+                    self.after_time_wait(&v.flow).unwrap_or(Err(e))
+                }
+                m => m,
+            };
             let client = match made {
                 Ok(s) => s,
                 Err(err) => {

@@ -3,6 +3,7 @@
 
 pub mod bpf_link;
 pub mod clock;
+pub mod diag;
 pub mod netdev;
 pub mod raw;
 pub mod rlimit;
