@@ -22,13 +22,14 @@ trap 'rm -rf "$log" "$out"' EXIT
 cargo test --release --workspace --lib --bins --tests 2>&1 | tee "$log"
 # The end-to-end proxy tests again on the other engine (the first pass ran
 # what `auto` picks here, io_uring; each test checks which engine ran).
+# --workspace keeps the first pass's feature set, so nothing is rebuilt.
 echo "== proxy tests on the tokio engine"
 e2e=()
 for t in proxy nginx loss fleet metrics limits client_matrix reload upgrade server_first \
          duplicate tcp_duties resources; do
   e2e+=(--test "${t}_e2e")
 done
-ACKGATE_ENGINE=tokio cargo test --release -p ackgate-tests "${e2e[@]}" 2>&1 | tee -a "$log"
+ACKGATE_ENGINE=tokio cargo test --release --workspace "${e2e[@]}" 2>&1 | tee -a "$log"
 echo "== bench smoke (structure, not speed)"
 ./target/release/ackgate-bench xdp --quick --out "$out" >/dev/null
 python3 - "$out/xdp.json" <<'PY'
