@@ -76,13 +76,12 @@ pub fn run(mut plan: Plan, args: RunArgs) -> Result<()> {
     if plan.mode.is_some() && !nix::unistd::geteuid().is_root() {
         bail!("must run as root (needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to load and attach XDP)");
     }
-    // Bad input first, in one line, before any warning.
-    if plan.mode.is_some() {
-        plan.settings()?;
-    }
-    if let Some(p) = &plan.secret_file {
-        Secret::from_file(p)?;
-    }
+    // Bad input first, in one line, before any warning; read once.
+    let settings = plan.mode.map(|_| plan.settings()).transpose()?;
+    let secret = match &plan.secret_file {
+        Some(p) => Some(Secret::from_file(p)?),
+        None => None,
+    };
     let (engine, rings) = Engine::choose(plan.engine, plan.threads)?;
     plan.fit_descriptors()?;
     let exporter = match plan.metrics {
@@ -102,7 +101,13 @@ pub fn run(mut plan: Plan, args: RunArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(plan, args, exporter, engine, rings))
+    let start = Start {
+        engine,
+        rings,
+        settings,
+        secret,
+    };
+    rt.block_on(serve(plan, args, exporter, start))
 }
 
 /// The engine an instance runs, chosen once at start.
@@ -144,13 +149,27 @@ impl Engine {
     }
 }
 
+/// What start-up checked and made before the runtime: the engine and its
+/// rings, the interfaces' SYN-ACK settings, the secret file's key.
+struct Start {
+    engine: Engine,
+    rings: Vec<UringHandoff>,
+    settings: Option<Settings>,
+    secret: Option<Secret>,
+}
+
 async fn serve(
     mut plan: Plan,
     args: RunArgs,
     exporter: Option<Exporter>,
-    engine: Engine,
-    mut rings: Vec<UringHandoff>,
+    start: Start,
 ) -> Result<()> {
+    let Start {
+        engine,
+        mut rings,
+        settings,
+        secret,
+    } = start;
     let mut signals = Signals::new()?;
     if let Some(e) = exporter {
         tokio::spawn(e.serve());
@@ -182,14 +201,16 @@ async fn serve(
         }
         _ => None,
     };
-    let mut gate = match plan.mode {
-        Some(mode) => Some(Gate::start(
+    let mut gate = match (plan.mode, settings) {
+        (Some(mode), Some(settings)) => Some(Gate::start(
             &plan,
             mode,
+            settings,
+            secret,
             sender.is_some(),
             offer.as_ref().map(|(o, _)| o),
         )?),
-        None => None,
+        _ => None,
     };
     if let Some((o, stream)) = offer {
         takeover::confirm(stream)?;
@@ -512,13 +533,11 @@ impl Gate {
     fn start(
         plan: &Plan,
         mode: AttachMode,
+        settings: Settings,
+        own: Option<Secret>,
         handoff: bool,
         takeover: Option<&takeover::Offer>,
     ) -> Result<Self> {
-        let own = match &plan.secret_file {
-            Some(p) => Some(Secret::from_file(p)?),
-            None => None,
-        };
         let secret = match (takeover, own) {
             (Some(o), Some(s)) if s != o.secret => bail!(
                 "--takeover: the secret file differs from the running instance's secret, so \
@@ -528,7 +547,6 @@ impl Gate {
             (None, Some(s)) => s,
             (None, None) => Secret::random(),
         };
-        let settings = plan.settings()?;
         let r = Responder::load()?;
         let mut g = Gate {
             r,
@@ -628,11 +646,7 @@ async fn serve_one(
     service: SocketAddr,
     route: &Route,
 ) -> Moved {
-    let reset_why = |why: ResetReason, s: tokio::net::TcpStream| {
-        tracing::debug!(client = %peer, %service, reason = why.label(), "reset");
-        route.stats.reset(why);
-        reset(s);
-    };
+    let reset_why = |why, s: tokio::net::TcpStream| route.refuse(why, s, peer, service);
     let client = match client
         .set_nonblocking(true)
         .and_then(|()| tokio::net::TcpStream::from_std(client))
@@ -788,6 +802,21 @@ struct Route {
     stats: Arc<ServiceStats>,
 }
 
+impl Route {
+    /// Resets a client of this route, counted under `why`.
+    fn refuse(
+        &self,
+        why: ResetReason,
+        client: impl std::os::fd::AsRawFd,
+        peer: SocketAddr,
+        service: SocketAddr,
+    ) {
+        tracing::debug!(client = %peer, %service, reason = why.label(), "reset");
+        self.stats.reset(why);
+        reset(client);
+    }
+}
+
 /// The services by protected ADDR:PORT, and by name.
 #[derive(Default)]
 struct Table {
@@ -925,11 +954,7 @@ impl Proxy {
         service: SocketAddr,
         route: Arc<Route>,
     ) {
-        let refuse = |why: ResetReason, client: std::net::TcpStream| {
-            tracing::debug!(client = %peer, %service, reason = why.label(), "reset");
-            route.stats.reset(why);
-            reset(client);
-        };
+        let refuse = |why, client: std::net::TcpStream| route.refuse(why, client, peer, service);
         if self.active.fetch_add(1, Relaxed) >= self.limit.load(Relaxed) {
             self.active.fetch_sub(1, Relaxed);
             return refuse(ResetReason::Limit, client);
