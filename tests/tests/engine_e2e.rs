@@ -166,6 +166,16 @@ fn auto_picks_io_uring_or_says_why_not_and_explicit_io_uring_never_falls_back() 
         );
         assert_eq!(served, 128);
         assert!(calls("io_uring") >= 1.0, "a burst fills a batch");
+        // Backends are connected through the engine threads' rings too.
+        let connects = |path| {
+            metric(
+                &m,
+                "ackgate_backend_connect_calls_total",
+                Some(("path", path)),
+            )
+        };
+        assert!(connects("io_uring") >= 129.0, "{}", connects("io_uring"));
+        assert_eq!(connects("syscalls"), 0.0);
         drop(p);
 
         // Refused by seccomp: an explicit io_uring is an error, in one line.

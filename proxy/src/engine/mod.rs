@@ -33,7 +33,6 @@ mod threads;
 
 use anyhow::{bail, Context as _, Result};
 use tokio::{
-    io::AsyncWriteExt as _,
     signal::unix::{signal, Signal, SignalKind},
     task::{AbortHandle, JoinSet},
 };
@@ -671,18 +670,16 @@ async fn serve_one(
             Ok(Ok(_)) => {}
         }
     }
-    let Ok((mut backend, addr)) = route.backends.connect().await else {
+    let header = proxyproto::header(route.proxy_protocol, peer, service);
+    let Ok((backend, addr, sent)) = route.backends.connect_sending(&header).await else {
         reset_why(ResetReason::NoBackend, client);
         return Moved::default();
     };
-    let header = proxyproto::header(route.proxy_protocol, peer, service);
-    if !header.is_empty() {
-        if let Err(e) = backend.write_all(&header).await {
-            tracing::debug!(client = %peer, backend = %addr, error = %e, "PROXY header write failed");
-            reset(backend);
-            reset_why(ResetReason::ProxyHeader, client);
-            return Moved::default();
-        }
+    if let Err(e) = sent {
+        tracing::debug!(client = %peer, backend = %addr, error = %e, "PROXY header write failed");
+        reset(backend);
+        reset_why(ResetReason::ProxyHeader, client);
+        return Moved::default();
     }
     let o = p.relay.relay(client, backend, route.idle_timeout).await;
     match o.result {

@@ -25,6 +25,7 @@ use tokio::{io::unix::AsyncFd, sync::mpsc};
 use super::{Proxy, Route, BATCH};
 use crate::{
     handoff::{materialize, retransmit::Retransmitter, uring::UringHandoff, HandoffError},
+    relay::uring_connect,
     sys::{clock, diag, raw::RawSender},
     xdp::ring::{self, Flow},
 };
@@ -189,7 +190,19 @@ impl Threads {
             let (p, pending) = (p.clone(), pending.clone());
             std::thread::Builder::new()
                 .name(format!("ackgate-{i}"))
-                .spawn(move || rt.block_on(run(p, h, watch, rx, pending)))
+                .spawn(move || {
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(&rt, async move {
+                        // The io_uring engine connects backends through a
+                        // ring of this thread's as well.
+                        if h.as_ref().is_some_and(|h| h.uring.is_some()) {
+                            if let Err(e) = uring_connect::Connector::install() {
+                                tracing::warn!("backend connects by system call on ackgate-{i}: io_uring ring: {e}");
+                            }
+                        }
+                        run(p, h, watch, rx, pending).await
+                    })
+                })
                 .context("starting an engine thread")?;
             queues.push(tx);
         }

@@ -37,9 +37,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{net::TcpStream, sync::watch, task::AbortHandle};
+use tokio::{io::AsyncWriteExt as _, net::TcpStream, sync::watch, task::AbortHandle};
 
-use super::health::{self, Checker, HealthCheck, Outcome, RiseFall};
+use super::{
+    health::{self, Checker, HealthCheck, Outcome, RiseFall},
+    uring_connect,
+};
 use crate::{config::Backend, telemetry::metrics::BackendMetrics};
 
 /// Whether a failed connect or check is ours rather than the backend's:
@@ -383,6 +386,16 @@ impl Backends {
     /// (see the module's documentation). Returns the stream and the
     /// backend's address.
     pub async fn connect(&self) -> Result<(TcpStream, SocketAddr), NoBackend> {
+        self.connect_sending(&[]).await.map(|(s, a, _)| (s, a))
+    }
+
+    /// [`connect`](Self::connect), then `header` sent first: on an io_uring
+    /// engine thread both go through its ring as linked operations. The
+    /// header's failure leaves the backend connected (and counted up).
+    pub async fn connect_sending(
+        &self,
+        header: &[u8],
+    ) -> Result<(TcpStream, SocketAddr, io::Result<()>), NoBackend> {
         if self.states.is_empty() {
             return Err(NoBackend);
         }
@@ -400,8 +413,8 @@ impl Backends {
                 Eligible::Down => continue,
             };
             tried[i] = true;
-            if let Some(s) = self.attempt(b, probe).await {
-                return Ok((s, b.addr));
+            if let Some((s, sent)) = self.attempt(b, probe, header).await {
+                return Ok((s, b.addr, sent));
             }
         }
         // No backend that was up took it: fail open, one probe at a time.
@@ -419,8 +432,8 @@ impl Backends {
             } else {
                 continue;
             };
-            if let Some(s) = self.attempt(b, probe).await {
-                return Ok((s, b.addr));
+            if let Some((s, sent)) = self.attempt(b, probe, header).await {
+                return Ok((s, b.addr, sent));
             }
         }
         Err(NoBackend)
@@ -428,14 +441,36 @@ impl Backends {
 
     /// One connect to `b`, counted; marks `b` up or down (not for a local
     /// error) and, as its probe, publishes the outcome.
-    async fn attempt(&self, b: &BackendState, probe: Option<ProbeGuard<'_>>) -> Option<TcpStream> {
+    async fn attempt(
+        &self,
+        b: &BackendState,
+        probe: Option<ProbeGuard<'_>>,
+        header: &[u8],
+    ) -> Option<(TcpStream, io::Result<()>)> {
         let t = Instant::now();
-        let r = tokio::time::timeout(self.connect_timeout, TcpStream::connect(b.addr)).await;
-        let stream = self.settle(b, r.ok(), t);
+        let ring = uring_connect::available();
+        b.metrics.attempted(ring);
+        let (r, sent) = if ring {
+            match uring_connect::connect(b.addr, header.to_vec(), self.connect_timeout).await {
+                Ok(Some(c)) => (Some(c.stream.and_then(TcpStream::from_std)), Some(c.header)),
+                Ok(None) => (None, None),
+                Err(e) => (Some(Err(e)), None),
+            }
+        } else {
+            let r = tokio::time::timeout(self.connect_timeout, TcpStream::connect(b.addr)).await;
+            (r.ok(), None)
+        };
+        let stream = self.settle(b, r, t);
         if let Some(mut p) = probe {
             p.ok = stream.is_some();
         }
-        stream
+        let mut stream = stream?;
+        let sent = match sent {
+            Some(sent) => sent,
+            None if header.is_empty() => Ok(()),
+            None => stream.write_all(header).await,
+        };
+        Some((stream, sent))
     }
 
     /// Counts a connect to `b` started at `t` (`None`: it timed out) and

@@ -8,5 +8,6 @@ pub mod proxyproto;
 pub mod pump;
 pub mod sources;
 pub mod splice;
+pub mod uring_connect;
 
 pub use pump::{reset, Moved, Outcome, Relay, TokioRelay};

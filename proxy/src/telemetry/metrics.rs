@@ -41,6 +41,7 @@ pub const HANDOFF_ERRORS: &str = "ackgate_handoff_errors_total";
 pub const HANDOFF_LATENCY: &str = "ackgate_handoff_latency_seconds";
 pub const HANDOFF_CALLS: &str = "ackgate_handoff_calls_total";
 pub const BACKEND_CONNECTS: &str = "ackgate_backend_connects_total";
+pub const BACKEND_CONNECT_CALLS: &str = "ackgate_backend_connect_calls_total";
 pub const BACKEND_CONNECT_ERRORS: &str = "ackgate_backend_connect_errors_total";
 pub const BACKEND_CONNECT_LATENCY: &str = "ackgate_backend_connect_latency_seconds";
 pub const BACKEND_UP: &str = "ackgate_backend_up";
@@ -312,6 +313,10 @@ fn describe() {
     describe_counter!(
         HANDOFF_CALLS,
         "Materialization calls, by path: a batch of linked io_uring chains in one submission, or one flow's system calls."
+    );
+    describe_counter!(
+        BACKEND_CONNECT_CALLS,
+        "Backend connects attempted, by path: linked io_uring operations (connect, timeout, PROXY header) or tokio's connect and write."
     );
     describe_histogram!(
         HANDOFF_LATENCY,
@@ -592,6 +597,8 @@ impl ServiceStats {
 /// One backend's series.
 pub struct BackendMetrics {
     pub connects: Counter,
+    /// Attempts by path: system calls, io_uring.
+    calls: [Counter; 2],
     errors: [Counter; 4],
     pub latency: Histogram,
     pub up: Gauge,
@@ -599,6 +606,11 @@ pub struct BackendMetrics {
 }
 
 impl BackendMetrics {
+    /// One connect attempt, through io_uring or not.
+    pub fn attempted(&self, io_uring: bool) {
+        self.calls[io_uring as usize].increment(1);
+    }
+
     pub fn new(service: &str, addr: SocketAddr) -> Self {
         let (s, b) = (service.to_string(), addr.to_string());
         let connects =
@@ -611,10 +623,15 @@ impl BackendMetrics {
             zero(counter!(BACKEND_HEALTH_CHECKS,
                 "service" => s.clone(), "backend" => b.clone(), "result" => r))
         });
+        let calls = ["syscalls", "io_uring"].map(|p| {
+            zero(counter!(BACKEND_CONNECT_CALLS,
+                "service" => s.clone(), "backend" => b.clone(), "path" => p))
+        });
         let up = gauge!(BACKEND_UP, "service" => s.clone(), "backend" => b.clone());
         up.set(1.0);
         BackendMetrics {
             connects,
+            calls,
             errors,
             latency: histogram!(BACKEND_CONNECT_LATENCY, "service" => s, "backend" => b),
             up,
