@@ -72,7 +72,7 @@ for x in r["rows"]:
 print("clients bench smoke ok")
 PY
 # The lab scenarios, each against its baselines in a fresh namespace lab.
-for s in syn attack conn bulk; do
+for s in syn attack conn bulk relay; do
   echo "-- ackgate-bench $s --quick"
   ./target/release/ackgate-bench "$s" --quick --out "$out" >/dev/null
 done
@@ -114,6 +114,13 @@ conn = load("conn")
 assert [x["target"] for x in conn["wrk_per_s"]] == [x["target"] for x in conn["connections_per_s"]], conn["wrk_per_s"]
 for x in conn["wrk_per_s"]:
     assert x["value"]["median"] > 0, x
+rel = load("relay")
+paths = [{"relay_path": p} for p in ("copy", "splice", "uring_splice", "uring_recv")]
+for key in ("gbit_per_s", "exchange_us"):
+    assert [x["target"] for x in rel[key]] == ["ackgate", *paths, "direct"], rel[key]
+    for x in rel[key]:
+        assert x["value"]["median"] > 0 and x["cpu_per_unit"]["median"] > 0, x
+svg("relay.svg")
 print("lab bench smokes ok")
 PY
 passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} END{print s+0}')

@@ -19,7 +19,8 @@ pub fn extra_args() -> Vec<String> {
 }
 
 /// nginx (Debian's) in the backend namespace: `/` is a 2-byte "ok", `/bulk`
-/// a sparse file of `bulk_bytes`.
+/// a sparse file of `bulk_bytes`. Connections stay open for HTTP/1.1
+/// requests (the relay scenario's exchanges); HTTP/1.0 ones close.
 pub fn nginx(lab: &BenchLab, bulk_bytes: u64) -> Result<Process> {
     let d = lab.dir.join("nginx");
     std::fs::create_dir_all(d.join("www"))?;
@@ -34,7 +35,7 @@ pub fn nginx(lab: &BenchLab, bulk_bytes: u64) -> Result<Process> {
 worker_rlimit_nofile 65536;
 events {{ worker_connections 16384; }}
 http {{
-  access_log off; sendfile on; keepalive_timeout 0;
+  access_log off; sendfile on; keepalive_timeout 60s; keepalive_requests 1000000;
   client_body_temp_path {ds}/tmp; proxy_temp_path {ds}/tmp; fastcgi_temp_path {ds}/tmp;
   uwsgi_temp_path {ds}/tmp; scgi_temp_path {ds}/tmp;
   server {{ listen {BACKEND4}:{BACKEND_PORT} backlog=4096; root {ds}/www; }}
@@ -72,6 +73,43 @@ pub enum Target {
     Haproxy,
     /// The client talks to the backend, routed through the proxy namespace.
     Direct,
+    /// The bench's bare relay (`ackgate-relay-path`) with one data path, on
+    /// a port of its own.
+    RelayPath(RelayPath),
+}
+
+/// The data paths `ackgate-relay-path` offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelayPath {
+    Copy,
+    Splice,
+    UringSplice,
+    UringRecv,
+}
+
+impl RelayPath {
+    pub const ALL: [RelayPath; 4] = [
+        RelayPath::Copy,
+        RelayPath::Splice,
+        RelayPath::UringSplice,
+        RelayPath::UringRecv,
+    ];
+
+    /// Its `--path` value.
+    fn arg(self) -> &'static str {
+        match self {
+            RelayPath::Copy => "copy",
+            RelayPath::Splice => "splice",
+            RelayPath::UringSplice => "uring-splice",
+            RelayPath::UringRecv => "uring-recv",
+        }
+    }
+
+    /// Ports 82-85 on the service address (XDP passes them).
+    fn port(self) -> u16 {
+        HAPROXY_PORT + 1 + self as u16
+    }
 }
 
 impl Target {
@@ -85,6 +123,10 @@ impl Target {
             Target::Synproxy => "nftables synproxy",
             Target::Haproxy => "haproxy",
             Target::Direct => "direct",
+            Target::RelayPath(RelayPath::Copy) => "bare relay: read/write",
+            Target::RelayPath(RelayPath::Splice) => "bare relay: splice(2)",
+            Target::RelayPath(RelayPath::UringSplice) => "bare relay: io_uring splice",
+            Target::RelayPath(RelayPath::UringRecv) => "bare relay: io_uring multishot recv",
         }
     }
 
@@ -195,6 +237,23 @@ pub fn start(lab: &BenchLab, target: Target) -> Result<Running> {
             wait_listening(&lab.cli, vip, "ackgate", &mut p)?;
             vec![p]
         }
+        Target::RelayPath(path) => {
+            let addr = SocketAddr::new(VIP4.into(), path.port());
+            let mut cmd = lab
+                .px
+                .command(workspace_bin("ackgate-relay-path")?.to_str().unwrap());
+            cmd.args([
+                "--path",
+                path.arg(),
+                "--listen",
+                &addr.to_string(),
+                "--backend",
+                &lab.backend().to_string(),
+            ]);
+            let mut p = Process::spawn("ackgate-relay-path", cmd)?;
+            wait_listening(&lab.cli, addr, "ackgate-relay-path", &mut p)?;
+            vec![p]
+        }
         Target::Syncookies => {
             sysctl("net.ipv4.tcp_syncookies=2")?;
             vec![plain(lab)?]
@@ -261,6 +320,7 @@ backend b
     let addr = match target {
         Target::Haproxy => SocketAddr::new(VIP4.into(), HAPROXY_PORT),
         Target::Direct => lab.backend(),
+        Target::RelayPath(p) => SocketAddr::new(VIP4.into(), p.port()),
         _ => vip,
     };
     Ok(Running {

@@ -39,6 +39,11 @@ enum Cmd {
     Conn(scenarios::conn::Args),
     /// Relay throughput and CPU per GB through ackgate vs HAProxy vs direct.
     Bulk(scenarios::bulk::Args),
+    /// Ways of moving relayed bytes, on the same downloads and small
+    /// exchanges: read/write, splice(2), io_uring splice, multishot
+    /// receives into a provided buffer ring (in a bare relay), beside
+    /// ackgate and direct.
+    Relay(scenarios::relay::Args),
     /// Per-packet cost of the XDP SYN, verified-ACK, forged-ACK and pass
     /// paths from BPF_PROG_TEST_RUN, against an XDP_DROP program measured
     /// the same way.
@@ -93,6 +98,7 @@ fn main() {
         Cmd::Attack(a) => scenarios::attack::run(a),
         Cmd::Conn(a) => scenarios::conn::run(a),
         Cmd::Bulk(a) => scenarios::bulk::run(a),
+        Cmd::Relay(a) => scenarios::relay::run(a),
         Cmd::Xdp(a) => xdp::run(a),
         Cmd::Handoff(a) => handoff::run(a),
         Cmd::Clients(a) => clients::run(a),

@@ -79,7 +79,7 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 /// One download of `/bulk` through `target`; returns seconds.
-fn download(cli: &Netns, target: SocketAddr, bytes: u64) -> Result<f64> {
+pub(super) fn download(cli: &Netns, target: SocketAddr, bytes: u64) -> Result<f64> {
     cli.run(move || -> Result<f64> {
         let t0 = Instant::now();
         let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3))?;

@@ -1,4 +1,4 @@
-//! The lab scenarios: `syn`, `attack`, `conn` and `bulk`. Each builds a
+//! The lab scenarios: `syn`, `attack`, `conn`, `bulk` and `relay`. Each builds a
 //! fresh [`BenchLab`], runs every target side by side (interleaved where
 //! they can run together, one after the other where they need the same
 //! port or sysctls), repeats, and reports medians with their spread.
@@ -22,6 +22,7 @@ use crate::{
 pub mod attack;
 pub mod bulk;
 pub mod conn;
+pub mod relay;
 pub mod syn;
 
 /// A scenario's run: its name and flags, and the lab with nginx behind the

@@ -271,7 +271,7 @@ impl Threads {
 async fn run(
     p: Arc<Proxy>,
     mut handoff: Option<Handoff>,
-    watch: Option<AsyncFd<RingFd>>,
+    mut watch: Option<AsyncFd<RingFd>>,
     mut jobs: mpsc::Receiver<Job>,
     pending: Arc<AtomicUsize>,
 ) {
@@ -291,7 +291,17 @@ async fn run(
                 pending.fetch_sub(1, Relaxed);
             }
             g = readable(&watch) => {
-                let Ok(mut g) = g else { return };
+                let mut g = match g {
+                    Ok(g) => g,
+                    Err(e) => {
+                        // Only a broken reactor gets here. This thread
+                        // keeps its relays and dealt jobs; the other
+                        // threads go on taking flows off the ring.
+                        tracing::error!("an engine thread stops taking verified flows off the ring: {e}");
+                        watch = None;
+                        continue;
+                    }
+                };
                 if let Some(h) = &mut handoff {
                     // Until the ring is empty. Every thread is woken for a
                     // new event; one that finds the ring empty sleeps again,
