@@ -89,10 +89,14 @@ def svg(name):
     t = open(os.path.join(d, name)).read()
     assert t.startswith("<svg") and t.rstrip().endswith("</svg>"), name
 syn = load("syn")
-assert [t["target"] for t in syn["targets"]] == ["ackgate", "syncookies", "synproxy"], syn["targets"]
-assert syn["generator_ceiling_pps"]["median"] > 0
+assert [t["target"] for t in syn["targets"]] == ["sink", "floor", "ackgate", "syncookies", "synproxy"], syn["targets"]
+# The XDP generator, or AF_PACKET with the reason live frames were refused.
+assert syn["generator"] == "xdp" or syn["generator_fallback"], syn
+assert syn["generator_ceiling_pps"]["median"] > 0, syn
 for t in syn["targets"]:
-    assert t["answered_per_s"]["median"] > 0 and t["softirq_ns_per_syn"]["median"] > 0, t
+    # Every target answered, on a core it kept busy (ticks are coarse).
+    assert t["answered_per_s"]["median"] > 0 and t["ns_per_syn"]["median"] > 0, t
+    assert 0 < t["target_cpu_busy"]["median"] <= 1.05, t
 svg("syn.svg")
 att = load("attack")
 pts = {(p["target"], p["flood_pps"]) for p in att["points"]}
@@ -116,10 +120,11 @@ for x in conn["wrk_per_s"]:
     assert x["value"]["median"] > 0, x
 rel = load("relay")
 paths = [{"relay_path": p} for p in ("copy", "splice", "uring_splice", "uring_recv")]
-for key in ("gbit_per_s", "exchange_us"):
+for key in ("gbit_per_s", "exchanges_per_s"):
     assert [x["target"] for x in rel[key]] == ["ackgate", *paths, "direct"], rel[key]
     for x in rel[key]:
         assert x["value"]["median"] > 0 and x["cpu_per_unit"]["median"] > 0, x
+assert [x[0] for x in rel["exchange_rtt_us"]] == [x["target"] for x in rel["gbit_per_s"]], rel["exchange_rtt_us"]
 svg("relay.svg")
 print("lab bench smokes ok")
 PY

@@ -13,6 +13,16 @@ pub const PROG_DROP: &str = "ackgate_drop";
 pub const PROG_BENCH: &str = "ackgate_bench";
 pub const MAP_BENCH_FRAME: &str = "BENCH_FRAME";
 pub const MAP_BENCH_TARGET: &str = "BENCH_TARGET";
+/// The flood generator (BPF_PROG_RUN live frames), its SYN template and
+/// per-CPU run counter; the counting sink and its count; the floor
+/// responder and its SipHash key.
+pub const PROG_GEN: &str = "ackgate_gen";
+pub const MAP_GEN_FRAME: &str = "GEN_FRAME";
+pub const MAP_GEN_SEQ: &str = "GEN_SEQ";
+pub const PROG_COUNT: &str = "ackgate_count";
+pub const MAP_COUNT: &str = "COUNT";
+pub const PROG_FLOOR: &str = "ackgate_floor";
+pub const MAP_FLOOR_KEY: &str = "FLOOR_KEY";
 
 /// Largest frame the benchmark harness can restore.
 pub const BENCH_FRAME_MAX: usize = 124;

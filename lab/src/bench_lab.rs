@@ -56,6 +56,14 @@ impl Drop for BenchLab {
 /// Namespaces and directories of live labs, for [`cleanup_on_signal`].
 static LIVE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
+/// Records namespaces (names) and directories (absolute paths) of a lab
+/// for [`cleanup_on_signal`].
+pub fn register_live(names: &[String]) {
+    if let Ok(mut live) = LIVE.lock() {
+        live.extend(names.iter().cloned());
+    }
+}
+
 /// SIGINT/SIGTERM end the bench without unwinding, so drops would not run:
 /// a thread takes those signals instead, kills every process in the labs'
 /// namespaces, deletes the namespaces and directories, and exits 130. Call
@@ -92,17 +100,17 @@ pub fn cleanup_on_signal() -> Result<()> {
 impl BenchLab {
     pub fn new() -> Result<Self> {
         let stem = unique("b");
-        if let Ok(mut live) = LIVE.lock() {
-            for n in ["atk", "cli", "sw", "px", "be"] {
-                live.push(format!("{stem}-{n}"));
-            }
-            live.push(
-                std::env::temp_dir()
-                    .join(format!("{stem}-bench"))
-                    .display()
-                    .to_string(),
-            );
-        }
+        let mut live: Vec<String> = ["atk", "cli", "sw", "px", "be"]
+            .iter()
+            .map(|n| format!("{stem}-{n}"))
+            .collect();
+        live.push(
+            std::env::temp_dir()
+                .join(format!("{stem}-bench"))
+                .display()
+                .to_string(),
+        );
+        register_live(&live);
         let ns = |n: &str| Netns::new(format!("{stem}-{n}"));
         let (atk, cli, sw, px, be) = (ns("atk")?, ns("cli")?, ns("sw")?, ns("px")?, ns("be")?);
         let dir = std::env::temp_dir().join(format!("{stem}-bench"));

@@ -5,17 +5,21 @@
 //!   only to a peer that runs XDP itself;
 //! * drop: the cheapest possible sink (the bench's generator ceiling);
 //! * bench: restores a frame before each run of a target program, so the
-//!   responder (which rewrites its input) sees a fresh SYN every time.
+//!   responder (which rewrites its input) sees a fresh SYN every time;
+//! * count: a sink that counts what it drops;
+//! * gen: the flood generator, run by BPF_PROG_RUN in live-frame mode;
+//! * floor: the minimal SipHash SYN-ACK responder the bench compares with.
 
 use ackgate::xdp::{attach_named, load_program, ring, AttachMode, Responder, ResponderError};
 use ackgate_common::wire::{
-    BenchFrame, Handoff, BENCH_FRAME_MAX, MAP_BENCH_FRAME, MAP_BENCH_TARGET, PROG_BENCH, PROG_DROP,
+    BenchFrame, Handoff, BENCH_FRAME_MAX, MAP_BENCH_FRAME, MAP_BENCH_TARGET, MAP_COUNT,
+    MAP_FLOOR_KEY, MAP_GEN_FRAME, PROG_BENCH, PROG_COUNT, PROG_DROP, PROG_FLOOR, PROG_GEN,
     PROG_PASS,
 };
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{Array, ProgramArray},
-    programs::{TestRun, TestRunOptions, TestRunResult, Xdp},
+    maps::{Array, PerCpuArray, ProgramArray},
+    programs::{TestRun, TestRunAttrs, TestRunOptions, TestRunResult, Xdp},
     Ebpf,
 };
 
@@ -33,7 +37,7 @@ fn load(programs: &[&str]) -> Result<Ebpf, ResponderError> {
 
 /// A harness program attached to an interface until dropped.
 pub struct Attached {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
 }
 
 impl Attached {
@@ -47,11 +51,130 @@ impl Attached {
         Self::program(PROG_DROP, iface)
     }
 
+    /// XDP_DROP that counts: see [`Attached::count`].
+    pub fn counting(iface: &str) -> Result<Self, ResponderError> {
+        Self::program(PROG_COUNT, iface)
+    }
+
+    /// The floor responder, hashing with `key`.
+    pub fn floor(iface: &str, key: [u64; 2]) -> Result<Self> {
+        let mut ebpf = load(&[PROG_FLOOR])?;
+        let mut k: Array<_, [u64; 2]> =
+            Array::try_from(ebpf.map_mut(MAP_FLOOR_KEY).context(MAP_FLOOR_KEY)?)?;
+        k.set(0, key, 0)?;
+        let _link = attach_named(&mut ebpf, PROG_FLOOR, iface, AttachMode::Native)?;
+        Ok(Attached { ebpf })
+    }
+
     fn program(name: &str, iface: &str) -> Result<Self, ResponderError> {
         let mut ebpf = load(&[name])?;
         let _link = attach_named(&mut ebpf, name, iface, AttachMode::Native)?;
-        Ok(Attached { _ebpf: ebpf })
+        Ok(Attached { ebpf })
     }
+
+    /// Frames a counting sink has dropped so far, all CPUs.
+    pub fn count(&self) -> Result<u64> {
+        let m: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map(MAP_COUNT).context("not a counting sink")?)?;
+        Ok(m.get(&0, 0)?.iter().sum())
+    }
+}
+
+/// The flood generator: an XDP program BPF_PROG_RUN runs in live-frame
+/// mode, each run a fresh SYN from the template (next source, port and
+/// sequence number) transmitted out of the interface named.
+pub struct Generator {
+    ebpf: Ebpf,
+    frame: Vec<u8>,
+}
+
+/// Frames per BPF_PROG_RUN batch in live mode (the kernel's most is 256).
+const GEN_BATCH: u32 = 256;
+
+impl Generator {
+    /// Loads the generator with `template`, a SYN of 74..=124 bytes
+    /// (Ethernet + IPv4 or IPv6 + TCP, checksums correct).
+    pub fn load(template: &[u8]) -> Result<Self> {
+        if !(74..=BENCH_FRAME_MAX).contains(&template.len()) {
+            bail!("a generator template must be 74..={BENCH_FRAME_MAX} bytes");
+        }
+        let mut ebpf = load(&[PROG_GEN])?;
+        let mut t = BenchFrame {
+            len: template.len() as u32,
+            bytes: [0; BENCH_FRAME_MAX],
+        };
+        t.bytes[..template.len()].copy_from_slice(template);
+        let mut fm: Array<_, BenchFrame> =
+            Array::try_from(ebpf.map_mut(MAP_GEN_FRAME).context(MAP_GEN_FRAME)?)?;
+        fm.set(0, t, 0)?;
+        Ok(Generator {
+            ebpf,
+            frame: template.to_vec(),
+        })
+    }
+
+    /// Sends `frames` SYNs out of interface `ifindex` (in the calling
+    /// thread's namespace) on the calling CPU; returns when all have been
+    /// handed to the interface (a full peer drops the excess).
+    pub fn send(&self, ifindex: u32, frames: u32) -> Result<()> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(PROG_GEN)
+            .context("no generator program")?
+            .try_into()?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex.
+        let md: [u32; 6] = [0, self.frame.len() as u32, 0, ifindex, 0, 0];
+        // SAFETY: six u32s viewed as their 24 bytes.
+        let ctx = unsafe { std::slice::from_raw_parts(md.as_ptr().cast::<u8>(), 24) };
+        let opts = TestRunOptions {
+            data_in: Some(&self.frame),
+            ctx_in: Some(ctx),
+            repeat: frames,
+            attrs: TestRunAttrs::new().xdp_live_frames(GEN_BATCH),
+            ..Default::default()
+        };
+        prog.test_run(opts)
+            .context("BPF_PROG_RUN of the generator in live-frame mode")?;
+        Ok(())
+    }
+
+    /// One run without transmitting (BPF_PROG_TEST_RUN): the verdict and
+    /// the frame the generator would send.
+    pub fn test_once(&self) -> Result<(u32, Vec<u8>)> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(PROG_GEN)
+            .context("no generator program")?
+            .try_into()?;
+        test_once(prog, &self.frame)
+    }
+}
+
+/// The floor responder run once on `frame` (BPF_PROG_TEST_RUN), hashing
+/// with `key`: the verdict and the output frame.
+pub fn floor_test_once(key: [u64; 2], frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+    let mut ebpf = load(&[PROG_FLOOR])?;
+    let mut k: Array<_, [u64; 2]> =
+        Array::try_from(ebpf.map_mut(MAP_FLOOR_KEY).context(MAP_FLOOR_KEY)?)?;
+    k.set(0, key, 0)?;
+    let prog: &Xdp = ebpf
+        .program(PROG_FLOOR)
+        .context("no floor program")?
+        .try_into()?;
+    test_once(prog, frame)
+}
+
+fn test_once(prog: &Xdp, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+    let mut out = vec![0u8; 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..Default::default()
+    };
+    let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r.return_value, out))
 }
 
 /// Runs the responder once on `frame` (BPF_PROG_TEST_RUN); the output

@@ -13,6 +13,7 @@
 pub mod bench_lab;
 pub mod capture;
 pub mod demo;
+pub mod flood_lab;
 pub mod frame;
 pub mod gateway;
 pub mod harness;

@@ -75,7 +75,6 @@ impl<'a> Scenario<'a> {
 #[derive(Clone, Copy)]
 pub struct CpuTime {
     pub busy_s: f64,
-    pub softirq_s: f64,
 }
 
 /// Runs `f` and returns its result with the CPU time spent meanwhile: the
@@ -90,14 +89,13 @@ pub fn cpu_during<R>(f: impl FnOnce() -> Result<R>) -> Result<(R, CpuTime)> {
     Ok((
         r,
         CpuTime {
-            busy_s: (c1.0 - c0.0) as f64 * tick,
-            softirq_s: (c1.1 - c0.1) as f64 * tick,
+            busy_s: (c1 - c0) as f64 * tick,
         },
     ))
 }
 
-/// /proc/stat's aggregate line: (busy, softirq) ticks.
-fn ticks() -> Result<(u64, u64)> {
+/// /proc/stat's aggregate line: busy ticks.
+fn ticks() -> Result<u64> {
     let s = std::fs::read_to_string("/proc/stat")?;
     let l = s.lines().next().context("empty /proc/stat")?;
     let v: Vec<u64> = l
@@ -107,7 +105,7 @@ fn ticks() -> Result<(u64, u64)> {
         .collect();
     ensure!(v.len() >= 7, "unexpected /proc/stat: {l}");
     // user nice system idle iowait irq softirq [steal ...]
-    Ok((v[0] + v[1] + v[2] + v[5] + v[6], v[6]))
+    Ok(v[0] + v[1] + v[2] + v[5] + v[6])
 }
 
 // ---------------------------------------------------------------- floods

@@ -1,17 +1,40 @@
-//! `syn`: SYN-ACKs answered per second with the generator and the whole
-//! receive path on one core, and the softirq CPU each SYN costs.
+//! `syn`: what each SYN costs each defence, isolated from the generator and
+//! the lab, and the flood rate at which it runs out of its core.
+//!
+//! The flood lab is one veth pair: the generator (an XDP program run by
+//! BPF_PROG_RUN in live-frame mode, or the AF_PACKET sender) on CPU 1, the
+//! target's whole receive path in its interface's NAPI thread on CPU 0, and
+//! the answers absorbed and counted by XDP on the attacker's end, on CPU 1
+//! too. CPU 0's busy time over the SYN-ACKs counted is the target's cost per
+//! SYN. An XDP_DROP sink in the target's place gives the generator's ceiling
+//! and the lab's own cost per frame on CPU 0 (the veth's NAPI receive),
+//! which every target also pays; the floor, a minimal SipHash XDP_TX
+//! responder, is what ackgate's extra work is measured against.
 
-use std::{net::IpAddr, sync::atomic::AtomicBool, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr, TcpListener},
+    sync::atomic::{AtomicBool, Ordering::Relaxed},
+    time::{Duration, Instant},
+};
 
+use ackgate_lab::{
+    flood_lab::{self, FloodLab, GEN_CPU, TARGET_CPU, TGT4, TGT6, TGT_IF},
+    harness::{Attached, Generator},
+    workspace_bin, Process,
+};
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
-use super::{ceiling, cpu_during, flood, flood_spec, Scenario, FLOOD_CPU, SYN_DEFENCES};
 use crate::{
-    lab::{self, BenchLab, Target},
+    flood::{self, Sent, Spec},
     report::{fmt_num, Header, Stat},
     Common,
 };
+
+/// The protected port.
+const PORT: u16 = 80;
+/// ackgate's metrics inside the target namespace.
+const METRICS: &str = "127.0.0.1:9469";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -26,18 +49,76 @@ pub struct Args {
     /// Flood rate in packets per second (default: flat out).
     #[arg(long)]
     pps: Option<u64>,
-    /// Flood over IPv6 instead of IPv4 (ackgate only; the kernel baselines
-    /// are measured over IPv4).
+    /// Flood over IPv6 (the floor and nftables synproxy are IPv4 only and
+    /// left out).
     #[arg(long)]
     ipv6: bool,
+    /// The flood generator: `xdp` (an XDP program run by BPF_PROG_RUN in
+    /// live-frame mode), `af-packet` (sendmmsg), or `auto`: xdp where the
+    /// kernel allows live frames, else af-packet (the report says why).
+    #[arg(long, value_enum, default_value_t = GenChoice::Auto)]
+    generator: GenChoice,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum GenChoice {
+    Auto,
+    Xdp,
+    AfPacket,
+}
+
+/// The generator that ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GenKind {
+    Xdp,
+    AfPacket,
+}
+
+/// What sits on the target's interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SynTarget {
+    /// XDP_DROP that counts: the generator's ceiling, the lab's cost.
+    Sink,
+    /// The minimal SipHash XDP_TX responder (harness program).
+    Floor,
+    Ackgate,
+    /// `tcp_syncookies=2` and a listener (XDP_PASS on the veth: it only
+    /// receives the generator's frames with an XDP program attached).
+    Syncookies,
+    /// nftables synproxy in front of the same listener.
+    Synproxy,
+}
+
+impl SynTarget {
+    fn label(self) -> &'static str {
+        match self {
+            SynTarget::Sink => "XDP_DROP sink",
+            SynTarget::Floor => "floor: bare SipHash XDP_TX",
+            SynTarget::Ackgate => "ackgate",
+            SynTarget::Syncookies => "kernel syncookies",
+            SynTarget::Synproxy => "nftables synproxy",
+        }
+    }
 }
 
 #[derive(Serialize)]
 struct Row {
-    target: Target,
+    target: SynTarget,
+    /// Frames the generator handed to the attacker's interface per second.
     sent_pps: Stat,
+    /// SYN-ACKs counted at the attacker per second (for the sink: frames
+    /// it dropped).
     answered_per_s: Stat,
-    softirq_ns_per_syn: Stat,
+    /// Share of the target's core busy during the flood.
+    target_cpu_busy: Stat,
+    /// The target core's time per SYN answered.
+    ns_per_syn: Stat,
+    /// The same less the sink's cost per frame (the lab's veth receive).
+    ns_per_syn_above_sink: Stat,
+    /// The rate that would fill the target's core: 1 / ns_per_syn.
+    ceiling_per_s: Stat,
 }
 
 #[derive(Serialize)]
@@ -47,149 +128,458 @@ struct Report {
     seconds: f64,
     pps: Option<u64>,
     family: &'static str,
-    flood_cpu: usize,
+    generator: GenKind,
+    /// Why `auto` did not run the XDP generator.
+    generator_fallback: Option<String>,
+    generator_cpu: usize,
+    target_cpu: usize,
+    /// Frames the sink absorbed per second: the generator's ceiling.
     generator_ceiling_pps: Stat,
     targets: Vec<Row>,
+}
+
+/// One flood against one target.
+struct Point {
+    sent: Sent,
+    answered: u64,
+    busy_s: f64,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let runs = a.common.pick(1, a.runs.max(1));
     let secs = a.common.pick(1.0, a.seconds);
-    let sc = Scenario::new("syn", &a.common, 1)?;
-    let lab = &sc.lab;
-    let ceil: Vec<f64> = (0..runs)
-        .map(|_| ceiling(lab, secs).map(|s| s.pps))
-        .collect::<Result<_>>()?;
-    let dst: IpAddr = if a.ipv6 { lab.vip6() } else { lab::VIP4.into() };
-    let targets: &[Target] = if a.ipv6 {
-        &[Target::Ackgate]
-    } else {
-        &SYN_DEFENCES
+    let lab = FloodLab::new()?;
+    let dst: IpAddr = if a.ipv6 { TGT6.into() } else { TGT4.into() };
+    let spec = Spec {
+        dst,
+        dport: PORT,
+        pps: a.pps,
+        duration: Duration::from_secs_f64(secs),
+        max_packets: 200_000_000,
+        src_mac: lab.atk.mac(flood_lab::ATK_IF)?,
+        dst_mac: lab.tgt.mac(TGT_IF)?,
+        seed: 7,
     };
-    let mut rows = Vec::new();
-    for &t in targets {
-        let _run = lab::start(lab, t)?;
-        let (mut sent, mut ans, mut cost) = (vec![], vec![], vec![]);
-        for r in 0..runs {
-            let before = answered(lab, t)?;
-            let spec = flood_spec(lab, dst, a.pps, secs, r as u64)?;
-            let (s, cpu) = cpu_during(|| flood(lab, &spec, &AtomicBool::new(false)))?;
-            let n = answered(lab, t)? - before;
+    let (generator, fallback) = choose_generator(&lab, &spec, a.generator)?;
+    let targets: &[SynTarget] = if a.ipv6 {
+        &[SynTarget::Sink, SynTarget::Ackgate, SynTarget::Syncookies]
+    } else {
+        &[
+            SynTarget::Sink,
+            SynTarget::Floor,
+            SynTarget::Ackgate,
+            SynTarget::Syncookies,
+            SynTarget::Synproxy,
+        ]
+    };
+    let mut points: Vec<Vec<Point>> = targets.iter().map(|_| Vec::new()).collect();
+    // Targets in turn within each round, so all see the same machine.
+    for r in 0..runs {
+        for (&t, pts) in targets.iter().zip(&mut points) {
+            let running = start(&lab, t)?;
+            let spec = Spec {
+                seed: r as u64,
+                ..spec.clone()
+            };
+            let p = flood_once(&lab, &running, generator.as_ref(), &spec)?;
             eprintln!(
-                "syn {:18} sent {:>10.0} pps, answered {:>10.0}/s",
+                "syn {:28} sent {:>10.0} pps, answered {:>10.0}/s, CPU {TARGET_CPU} {:3.0}% busy, {:6.0} ns per SYN",
                 t.label(),
-                s.pps,
-                n as f64 / s.seconds
+                p.sent.pps,
+                p.answered as f64 / p.sent.seconds,
+                100.0 * p.busy_s / p.sent.seconds,
+                p.busy_s * 1e9 / p.answered.max(1) as f64
             );
-            sent.push(s.pps);
-            ans.push(n as f64 / s.seconds);
-            cost.push(cpu.softirq_s * 1e9 / (n.max(1)) as f64);
+            pts.push(p);
+            drop(running);
         }
-        rows.push(Row {
-            target: t,
-            sent_pps: Stat::of(sent),
-            answered_per_s: Stat::of(ans),
-            softirq_ns_per_syn: Stat::of(cost),
-        });
     }
-    rows.sort_by_key(|r| r.target != Target::Ackgate);
+    let sink_ns: Vec<f64> = points[0]
+        .iter()
+        .map(|p| p.busy_s * 1e9 / p.answered.max(1) as f64)
+        .collect();
+    let sink_median = Stat::of(sink_ns).median;
+    let rows: Vec<Row> = targets
+        .iter()
+        .zip(&points)
+        .map(|(&t, pts)| {
+            let ns: Vec<f64> = pts
+                .iter()
+                .map(|p| p.busy_s * 1e9 / p.answered.max(1) as f64)
+                .collect();
+            Row {
+                target: t,
+                sent_pps: Stat::of(pts.iter().map(|p| p.sent.pps).collect()),
+                answered_per_s: Stat::of(
+                    pts.iter()
+                        .map(|p| p.answered as f64 / p.sent.seconds)
+                        .collect(),
+                ),
+                target_cpu_busy: Stat::of(pts.iter().map(|p| p.busy_s / p.sent.seconds).collect()),
+                ns_per_syn_above_sink: Stat::of(
+                    ns.iter().map(|n| (n - sink_median).max(0.0)).collect(),
+                ),
+                ceiling_per_s: Stat::of(ns.iter().map(|n| 1e9 / n.max(1e-3)).collect()),
+                ns_per_syn: Stat::of(ns),
+            }
+        })
+        .collect();
     let rep = Report {
-        head: sc.header(runs),
+        head: Header::probe("syn", runs),
         seconds: secs,
         pps: a.pps,
         family: if a.ipv6 { "ipv6" } else { "ipv4" },
-        flood_cpu: FLOOD_CPU,
-        generator_ceiling_pps: Stat::of(ceil),
+        generator: if generator.is_some() {
+            GenKind::Xdp
+        } else {
+            GenKind::AfPacket
+        },
+        generator_fallback: fallback,
+        generator_cpu: GEN_CPU,
+        target_cpu: TARGET_CPU,
+        generator_ceiling_pps: Stat::of(
+            points[0]
+                .iter()
+                .map(|p| p.answered as f64 / p.sent.seconds)
+                .collect(),
+        ),
         targets: rows,
     };
-    let mut md = sc.heading(&rep.head, "SYN flood: answered per second on one core");
+    let md = markdown(&rep, &a.common, runs);
+    let svg = crate::report::bars(
+        "Target CPU time per SYN answered, ns (median, min-max)",
+        "ns",
+        &rep.targets
+            .iter()
+            .filter(|r| r.target != SynTarget::Sink)
+            .map(|r| (r.target.label(), &r.ns_per_syn))
+            .collect::<Vec<_>>(),
+    );
+    crate::report::write(&a.common.out, "syn", &rep, &md, &[("syn.svg".into(), svg)])
+}
+
+/// The XDP generator if asked for, or under `auto` if one live-frame run
+/// of a single SYN works here; otherwise the AF_PACKET sender and why.
+fn choose_generator(
+    lab: &FloodLab,
+    spec: &Spec,
+    choice: GenChoice,
+) -> Result<(Option<Generator>, Option<String>)> {
+    if choice == GenChoice::AfPacket {
+        return Ok((None, None));
+    }
+    let probe = || -> Result<Generator> {
+        let g = Generator::load(&flood::frames(spec)[0])?;
+        let ifindex = lab.atk_ifindex()?;
+        lab.atk.run(|| g.send(ifindex, 1))??;
+        Ok(g)
+    };
+    match probe() {
+        Ok(g) => Ok((Some(g), None)),
+        Err(e) if choice == GenChoice::Auto => {
+            let why = format!("{e:#}");
+            eprintln!("syn: XDP generator unavailable ({why}): using AF_PACKET");
+            Ok((None, Some(why)))
+        }
+        Err(e) => Err(e.context("the XDP generator (--generator xdp)")),
+    }
+}
+
+fn markdown(rep: &Report, common: &Common, runs: usize) -> String {
+    let mut md = rep.head.markdown(
+        "SYN flood: cost per SYN on the target's own core, and its ceiling",
+        common.quick,
+    );
     md.push_str(&format!(
-        ": {} runs x {} s, {} flood {} from the attacker namespace, generator and receiver on CPU {}. Generator ceiling (into XDP_DROP): **{} pps**. Median (min-max).\n\n| target | sent pps | SYN-ACKs per s | softirq ns per SYN |\n|---|---:|---:|---:|\n",
-        runs,
-        secs,
+        ": {runs} round(s) x {} s, {} flood {} from the {} generator on CPU {GEN_CPU}; the target's receive path in its veth's NAPI thread on CPU {TARGET_CPU}; SYN-ACKs absorbed and counted by XDP at the attacker (CPU {GEN_CPU}). Generator ceiling (into the XDP_DROP sink on CPU {TARGET_CPU}): **{} pps**. ns per SYN = CPU {TARGET_CPU}'s busy time / SYN-ACKs counted; above sink = less the sink's ns per frame (the veth's NAPI receive every target pays); ceiling = the rate that fills CPU {TARGET_CPU}. Median (min-max).\n\n| target | sent pps | answered/s | CPU {TARGET_CPU} busy | ns per SYN | above sink | ceiling/s |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        rep.seconds,
         rep.family,
-        a.pps.map_or("flat out".to_string(), |p| format!("at {p} pps")),
-        FLOOD_CPU,
+        rep.pps.map_or("flat out".to_string(), |p| format!("at {p} pps")),
+        match (rep.generator, &rep.generator_fallback) {
+            (GenKind::Xdp, _) => "XDP live-frame".to_string(),
+            (GenKind::AfPacket, None) => "AF_PACKET".to_string(),
+            (GenKind::AfPacket, Some(why)) =>
+                format!("AF_PACKET (XDP live frames refused here: {why})"),
+        },
         fmt_num(rep.generator_ceiling_pps.median)
     ));
     for r in &rep.targets {
         md.push_str(&format!(
-            "| {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {:.0}% | {} | {} | {} |\n",
             r.target.label(),
             r.sent_pps.show(0),
             r.answered_per_s.show(0),
-            r.softirq_ns_per_syn.show(0)
+            100.0 * r.target_cpu_busy.median,
+            r.ns_per_syn.show(0),
+            if r.target == SynTarget::Sink {
+                "-".to_string()
+            } else {
+                r.ns_per_syn_above_sink.show(0)
+            },
+            r.ceiling_per_s.show(0)
         ));
     }
-    if let (Some(ag), rest) = (rep.targets.first(), &rep.targets[1..]) {
-        for r in rest {
+    let get = |t: SynTarget| rep.targets.iter().find(|r| r.target == t);
+    md.push('\n');
+    if let Some(ag) = get(SynTarget::Ackgate) {
+        let (n, a) = (ag.ns_per_syn.median, ag.ns_per_syn_above_sink.median);
+        if let Some(f) = get(SynTarget::Floor) {
             md.push_str(&format!(
-                "\nackgate answers {:.2}x the SYNs per second of {}.",
-                ag.answered_per_s.median / r.answered_per_s.median.max(1.0),
-                r.target.label()
+                "\nackgate against the floor: {:.2}x its ns per SYN ({:.2}x above the sink).",
+                n / f.ns_per_syn.median.max(1e-9),
+                a / f.ns_per_syn_above_sink.median.max(1e-9)
             ));
         }
-        md.push('\n');
+        for t in [SynTarget::Syncookies, SynTarget::Synproxy] {
+            if let Some(k) = get(t) {
+                md.push_str(&format!(
+                    "\n{} costs {:.2}x ackgate's ns per SYN ({:.2}x above the sink).",
+                    t.label(),
+                    k.ns_per_syn.median / n.max(1e-9),
+                    k.ns_per_syn_above_sink.median / a.max(1e-9)
+                ));
+            }
+        }
+        md.push_str(&format!(
+            "\nThe generator's ceiling is {:.2}x ackgate's.\n",
+            rep.generator_ceiling_pps.median / ag.ceiling_per_s.median.max(1e-9)
+        ));
     }
-    let svg = super::bars(
-        "SYN-ACKs per second, one core (median, min-max)",
-        "/s",
-        rep.targets.iter().map(|r| (r.target, &r.answered_per_s)),
-    );
-    sc.write(&rep, &md, &[("syn.svg".into(), svg)])
+    md
 }
 
-/// SYNs a target answered so far (read inside the proxy namespace).
-fn answered(lab: &BenchLab, t: Target) -> Result<u64> {
+/// A target in place on the target's interface; dropping it undoes it.
+struct Running {
+    attached: Option<Attached>,
+    _procs: Vec<Process>,
+    _listeners: Vec<TcpListener>,
+    undo: Vec<Vec<String>>,
+    tgt: String,
+    /// The sink counts for itself (it answers nothing).
+    sink: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for cmd in &self.undo {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", &self.tgt]).args(cmd);
+            let _ = c.output();
+        }
+    }
+}
+
+fn start(lab: &FloodLab, t: SynTarget) -> Result<Running> {
+    let tgt = &lab.tgt;
+    let mut r = Running {
+        attached: None,
+        _procs: Vec::new(),
+        _listeners: Vec::new(),
+        undo: Vec::new(),
+        tgt: tgt.name.clone(),
+        sink: t == SynTarget::Sink,
+    };
+    let listen = |ipv: IpAddr| -> Result<TcpListener> {
+        tgt.run(move || -> Result<TcpListener> {
+            let s = socket2_listener(SocketAddr::new(ipv, PORT))?;
+            Ok(s)
+        })?
+    };
     match t {
-        Target::Ackgate => {
-            // XDP counters reach the metrics once a second.
-            std::thread::sleep(Duration::from_millis(1200));
-            let s = lab
-                .px
-                .run(|| ackgate::telemetry::stats::scrape(lab::METRICS.parse().unwrap()))??;
-            Ok(s.iter()
-                .filter(|x| x.name == "ackgate_xdp_syns_answered_total")
-                .map(|x| x.value as u64)
-                .sum())
+        SynTarget::Sink => r.attached = Some(tgt.run(|| Attached::counting(TGT_IF))??),
+        SynTarget::Floor => {
+            let key = [rand::random(), rand::random()];
+            r.attached = Some(tgt.run(|| Attached::floor(TGT_IF, key))??);
         }
-        Target::Syncookies => {
-            let t = lab
-                .px
-                .run(|| std::fs::read_to_string("/proc/thread-self/net/netstat"))??;
-            netstat(&t, "TcpExt", "SyncookiesSent")
+        SynTarget::Ackgate => {
+            let mut cmd = tgt.command(workspace_bin("ackgate")?.to_str().unwrap());
+            cmd.args([
+                "run",
+                "--iface",
+                TGT_IF,
+                "--listen",
+                &SocketAddr::new(TGT4.into(), PORT).to_string(),
+                "--listen",
+                &SocketAddr::new(TGT6.into(), PORT).to_string(),
+                // Nothing connects during a SYN flood: no backend is reached.
+                "--backend",
+                "10.76.0.1:8080",
+                "--stats-interval",
+                "0",
+                "--metrics",
+                METRICS,
+            ]);
+            cmd.args(crate::lab::extra_args());
+            let mut p = Process::spawn("ackgate", cmd)?;
+            waitattached(lab, &mut p)?;
+            r._procs.push(p);
         }
-        Target::Synproxy => {
-            let t = lab
-                .px
-                .run(|| std::fs::read_to_string("/proc/thread-self/net/stat/synproxy"))??;
-            // Per-CPU rows of hex columns; syn_received is the second.
-            Ok(t.lines()
-                .skip(1)
-                .filter_map(|l| l.split_whitespace().nth(1))
-                .filter_map(|h| u64::from_str_radix(h, 16).ok())
-                .sum())
+        SynTarget::Syncookies | SynTarget::Synproxy => {
+            r.attached = Some(tgt.run(|| Attached::pass(TGT_IF))??);
+            let sysctl = |kv: &str| tgt.exec(&["sysctl", "-qw", kv]).map(|_| ());
+            if t == SynTarget::Syncookies {
+                sysctl("net.ipv4.tcp_syncookies=2")?;
+                r.undo.push(vec![
+                    "sysctl".into(),
+                    "-qw".into(),
+                    "net.ipv4.tcp_syncookies=1".into(),
+                ]);
+            } else {
+                sysctl("net.ipv4.tcp_syncookies=1")?;
+                sysctl("net.ipv4.tcp_timestamps=1")?;
+                let rules = format!(
+                    "table inet benchsynproxy {{
+  chain pre {{ type filter hook prerouting priority raw; policy accept;
+    ip daddr {TGT4} tcp dport {PORT} tcp flags syn notrack
+  }}
+  chain in {{ type filter hook input priority filter; policy accept;
+    ip daddr {TGT4} tcp dport {PORT} ct state invalid,untracked synproxy mss 1460 wscale 7 timestamp sack-perm
+    ip daddr {TGT4} tcp dport {PORT} ct state invalid drop
+  }}
+}}
+"
+                );
+                let f = lab.dir.join("synproxy.nft");
+                std::fs::write(&f, rules)?;
+                tgt.exec(&["nft", "-f", f.to_str().unwrap()]).context(
+                    "loading the nftables synproxy ruleset (nf_synproxy in the kernel?)",
+                )?;
+                let _ = sysctl("net.netfilter.nf_conntrack_tcp_loose=0");
+                r.undo.push(
+                    ["nft", "delete", "table", "inet", "benchsynproxy"]
+                        .map(String::from)
+                        .to_vec(),
+                );
+            }
+            r._listeners.push(listen(TGT4.into())?);
+            r._listeners.push(listen(TGT6.into())?);
         }
-        _ => bail!("{} does not answer SYNs itself", t.label()),
+    }
+    // veth has NAPI while XDP is attached: its thread, on its core, now.
+    lab.target_napi()?;
+    Ok(r)
+}
+
+/// A listener with a deep backlog, made in the calling thread's namespace.
+fn socket2_listener(addr: SocketAddr) -> Result<TcpListener> {
+    let l = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    // SAFETY: listen(2) again on a bound, listening socket only changes
+    // its backlog.
+    if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), 4096) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("listen");
+    }
+    Ok(l)
+}
+
+/// Waits until ackgate's metrics answer (its XDP program is attached by
+/// then).
+fn waitattached(lab: &FloodLab, p: &mut Process) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let up = lab
+            .tgt
+            .run(|| ackgate::telemetry::stats::scrape(METRICS.parse().unwrap()).is_ok())?;
+        if up {
+            return Ok(());
+        }
+        p.check()?;
+        if Instant::now() > deadline {
+            bail!("ackgate did not start in the target namespace");
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-/// A field of /proc/net/netstat (header line, then values line).
-fn netstat(text: &str, group: &str, field: &str) -> Result<u64> {
-    let mut lines = text.lines();
-    while let Some(h) = lines.next() {
-        let v = lines.next().unwrap_or("");
-        if h.starts_with(&format!("{group}:")) {
-            let i = h
-                .split_whitespace()
-                .position(|f| f == field)
-                .with_context(|| format!("no {field} in {group}"))?;
-            return v
-                .split_whitespace()
-                .nth(i)
-                .and_then(|x| x.parse().ok())
-                .context("netstat value");
+/// One flood: what was sent, the answers counted at the attacker (for the
+/// sink, what it dropped) and the target core's busy seconds.
+fn flood_once(
+    lab: &FloodLab,
+    running: &Running,
+    generator: Option<&Generator>,
+    spec: &Spec,
+) -> Result<Point> {
+    let counter = |r: &Running| -> Result<u64> {
+        match (&r.attached, r.sink) {
+            (Some(a), true) => a.count(),
+            _ => lab.answers.count(),
         }
+    };
+    let before = counter(running)?;
+    let c0 = cpu_ticks(TARGET_CPU)?;
+    let sent = match generator {
+        Some(g) => {
+            let ifindex = lab.atk_ifindex()?;
+            lab.atk.run(|| xdp_flood(g, ifindex, spec))??
+        }
+        None => lab.atk.run(|| -> Result<Sent> {
+            flood::pin(GEN_CPU)?;
+            flood::run(flood_lab::ATK_IF, spec, &AtomicBool::new(false))
+        })??,
+    };
+    // The last frames drain from the target's queue.
+    std::thread::sleep(Duration::from_millis(100));
+    let c1 = cpu_ticks(TARGET_CPU)?;
+    let answered = counter(running)? - before;
+    // SAFETY: sysconf has no preconditions.
+    let tick = 1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(Point {
+        sent,
+        answered,
+        busy_s: (c1 - c0) as f64 * tick,
+    })
+}
+
+/// Floods with the live-frame generator on [`GEN_CPU`] until the spec's
+/// duration or packet count; `pps` paces chunks against the clock.
+fn xdp_flood(g: &Generator, ifindex: u32, spec: &Spec) -> Result<Sent> {
+    flood::pin(GEN_CPU)?;
+    // Chunks of ~1 ms at the rate asked (flat out: 64k frames, ~10 ms).
+    let chunk = spec
+        .pps
+        .map_or(65_536, |p| (p / 1000).clamp(1, 65_536) as u32);
+    let t0 = Instant::now();
+    let stop = AtomicBool::new(false);
+    let mut sent = 0u64;
+    while !stop.load(Relaxed) && sent < spec.max_packets {
+        let elapsed = t0.elapsed();
+        if elapsed >= spec.duration {
+            break;
+        }
+        if let Some(pps) = spec.pps {
+            let due = (pps as f64 * elapsed.as_secs_f64()) as u64;
+            if sent >= due {
+                let wait = (sent + u64::from(chunk) - due) as f64 / pps as f64;
+                std::thread::sleep(Duration::from_secs_f64(wait.min(0.01)));
+                continue;
+            }
+        }
+        let n = chunk.min((spec.max_packets - sent) as u32);
+        g.send(ifindex, n)?;
+        sent += u64::from(n);
     }
-    bail!("no {group} in netstat")
+    let seconds = t0.elapsed().as_secs_f64();
+    Ok(Sent {
+        packets: sent,
+        seconds,
+        pps: sent as f64 / seconds.max(1e-9),
+    })
+}
+
+/// Busy ticks of one CPU (user, nice, system, irq, softirq) from /proc/stat.
+fn cpu_ticks(cpu: usize) -> Result<u64> {
+    let s = std::fs::read_to_string("/proc/stat")?;
+    let name = format!("cpu{cpu}");
+    let l = s
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .with_context(|| format!("no {name} in /proc/stat"))?;
+    let v: Vec<u64> = l
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 7 {
+        bail!("unexpected /proc/stat: {l}");
+    }
+    Ok(v[0] + v[1] + v[2] + v[5] + v[6])
 }
