@@ -97,6 +97,8 @@ for t in syn["targets"]:
     # Every target answered, on a core it kept busy (ticks are coarse).
     assert t["answered_per_s"]["median"] > 0 and t["ns_per_syn"]["median"] > 0, t
     assert 0 < t["target_cpu_busy"]["median"] <= 1.05, t
+ag = [t for t in syn["targets"] if t["target"] == "ackgate"][0]
+assert ag["process"]["rss_max_mib"]["median"] > 0, ag
 svg("syn.svg")
 att = load("attack")
 pts = {(p["target"], p["flood_pps"]) for p in att["points"]}

@@ -98,10 +98,11 @@ impl FloodLab {
         Ok(lab)
     }
 
-    /// Gives the target's veth end its NAPI thread on [`TARGET_CPU`]. veth
+    /// Gives the target's veth end its NAPI thread on [`TARGET_CPU`] and
+    /// returns its pid(s): the target's whole receive path runs there. veth
     /// has NAPI only while an XDP program is attached: call after
     /// attaching one to [`TGT_IF`].
-    pub fn target_napi(&self) -> Result<()> {
+    pub fn target_napi(&self) -> Result<Vec<i32>> {
         threaded(&self.tgt, TGT_IF, TARGET_CPU, false)
     }
 
@@ -125,7 +126,7 @@ fn mac_string(m: &[u8; 6]) -> String {
 /// `first` makes them real-time, so they preempt the generator on their
 /// shared core: answers are absorbed as they come, never dropped because
 /// the generator kept the core.
-fn threaded(ns: &Netns, ifname: &str, cpu: usize, first: bool) -> Result<()> {
+fn threaded(ns: &Netns, ifname: &str, cpu: usize, first: bool) -> Result<Vec<i32>> {
     ns.exec(&[
         "sh",
         "-c",
@@ -136,7 +137,7 @@ fn threaded(ns: &Netns, ifname: &str, cpu: usize, first: bool) -> Result<()> {
     if pids.is_empty() {
         bail!("no napi/{ifname} thread: threaded NAPI did not take on the veth");
     }
-    for pid in pids {
+    for &pid in &pids {
         pin(pid, cpu).with_context(|| format!("pinning napi/{ifname} ({pid})"))?;
         if first {
             let p = libc::sched_param { sched_priority: 50 };
@@ -147,7 +148,21 @@ fn threaded(ns: &Netns, ifname: &str, cpu: usize, first: bool) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(pids)
+}
+
+/// CPU time a thread has used, user and system, in clock ticks
+/// (/proc/PID/stat fields 14 and 15).
+pub fn thread_ticks(pid: i32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command may hold spaces: fields resume after its ')'.
+    let rest = s
+        .rsplit_once(')')
+        .map(|x| x.1)
+        .context("unexpected /proc stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (u, k): (u64, u64) = (f[11].parse()?, f[12].parse()?);
+    Ok(u + k)
 }
 
 /// Kernel threads named `napi/<ifname>-<id>`.

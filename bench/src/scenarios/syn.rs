@@ -113,12 +113,15 @@ struct Row {
     answered_per_s: Stat,
     /// Share of the target's core busy during the flood.
     target_cpu_busy: Stat,
-    /// The target core's time per SYN answered.
+    /// The target's NAPI thread's CPU time per SYN answered.
     ns_per_syn: Stat,
     /// The same less the sink's cost per frame (the lab's veth receive).
     ns_per_syn_above_sink: Stat,
     /// The rate that would fill the target's core: 1 / ns_per_syn.
     ceiling_per_s: Stat,
+    /// ackgate only: its process's memory and CPU during the floods.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process: Option<ProcRow>,
 }
 
 #[derive(Serialize)]
@@ -142,7 +145,35 @@ struct Report {
 struct Point {
     sent: Sent,
     answered: u64,
+    /// The target's core, all of it.
     busy_s: f64,
+    /// The target's NAPI thread alone: what the target costs, whatever
+    /// else the machine runs on that core.
+    napi_s: f64,
+    /// ackgate's process through the flood.
+    process: Option<ProcSample>,
+}
+
+/// A process sampled every 100 ms through a flood.
+#[derive(Clone, Copy)]
+struct ProcSample {
+    rss_start_kib: u64,
+    rss_max_kib: u64,
+    rss_end_kib: u64,
+    /// Its CPU time (all threads, user and system) over the flood, as a
+    /// share of one core.
+    cpu: f64,
+}
+
+/// ackgate's memory and CPU through the floods (item 4 of the bench's
+/// brief: flat while only SYNs arrive).
+#[derive(Serialize)]
+struct ProcRow {
+    rss_start_mib: Stat,
+    rss_max_mib: Stat,
+    rss_end_mib: Stat,
+    /// Share of one core its process used during the flood.
+    cpu_share: Stat,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -183,30 +214,24 @@ pub fn run(a: Args) -> Result<()> {
             };
             let p = flood_once(&lab, &running, generator.as_ref(), &spec)?;
             eprintln!(
-                "syn {:28} sent {:>10.0} pps, answered {:>10.0}/s, CPU {TARGET_CPU} {:3.0}% busy, {:6.0} ns per SYN",
+                "syn {:28} sent {:>10.0} pps, answered {:>10.0}/s, CPU {TARGET_CPU} {:3.0}% busy, NAPI thread {:6.0} ns per SYN",
                 t.label(),
                 p.sent.pps,
                 p.answered as f64 / p.sent.seconds,
                 100.0 * p.busy_s / p.sent.seconds,
-                p.busy_s * 1e9 / p.answered.max(1) as f64
+                p.ns()
             );
             pts.push(p);
             drop(running);
         }
     }
-    let sink_ns: Vec<f64> = points[0]
-        .iter()
-        .map(|p| p.busy_s * 1e9 / p.answered.max(1) as f64)
-        .collect();
+    let sink_ns: Vec<f64> = points[0].iter().map(Point::ns).collect();
     let sink_median = Stat::of(sink_ns).median;
     let rows: Vec<Row> = targets
         .iter()
         .zip(&points)
         .map(|(&t, pts)| {
-            let ns: Vec<f64> = pts
-                .iter()
-                .map(|p| p.busy_s * 1e9 / p.answered.max(1) as f64)
-                .collect();
+            let ns: Vec<f64> = pts.iter().map(Point::ns).collect();
             Row {
                 target: t,
                 sent_pps: Stat::of(pts.iter().map(|p| p.sent.pps).collect()),
@@ -221,6 +246,7 @@ pub fn run(a: Args) -> Result<()> {
                 ),
                 ceiling_per_s: Stat::of(ns.iter().map(|n| 1e9 / n.max(1e-3)).collect()),
                 ns_per_syn: Stat::of(ns),
+                process: proc_row(pts),
             }
         })
         .collect();
@@ -291,7 +317,7 @@ fn markdown(rep: &Report, common: &Common, runs: usize) -> String {
         common.quick,
     );
     md.push_str(&format!(
-        ": {runs} round(s) x {} s, {} flood {} from the {} generator on CPU {GEN_CPU}; the target's receive path in its veth's NAPI thread on CPU {TARGET_CPU}; SYN-ACKs absorbed and counted by XDP at the attacker (CPU {GEN_CPU}). Generator ceiling (into the XDP_DROP sink on CPU {TARGET_CPU}): **{} pps**. ns per SYN = CPU {TARGET_CPU}'s busy time / SYN-ACKs counted; above sink = less the sink's ns per frame (the veth's NAPI receive every target pays); ceiling = the rate that fills CPU {TARGET_CPU}. Median (min-max).\n\n| target | sent pps | answered/s | CPU {TARGET_CPU} busy | ns per SYN | above sink | ceiling/s |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        ": {runs} round(s) x {} s, {} flood {} from the {} generator on CPU {GEN_CPU}; the target's receive path in its veth's NAPI thread on CPU {TARGET_CPU}; SYN-ACKs absorbed and counted by XDP at the attacker (CPU {GEN_CPU}). Generator ceiling (into the XDP_DROP sink on CPU {TARGET_CPU}): **{} pps**. ns per SYN = the CPU time of the target interface's NAPI thread (its whole receive path: XDP, or the kernel's stack) / SYN-ACKs counted, so other work on CPU {TARGET_CPU} is not charged; above sink = less the sink's ns per frame (the veth's NAPI receive every target pays); ceiling = the rate at which that thread would fill its core; CPU {TARGET_CPU} busy = the whole core, for context. Median (min-max).\n\n| target | sent pps | answered/s | CPU {TARGET_CPU} busy | ns per SYN | above sink | ceiling/s |\n|---|---:|---:|---:|---:|---:|---:|\n",
         rep.seconds,
         rep.family,
         rep.pps.map_or("flat out".to_string(), |p| format!("at {p} pps")),
@@ -344,17 +370,53 @@ fn markdown(rep: &Report, common: &Common, runs: usize) -> String {
             "\nThe generator's ceiling is {:.2}x ackgate's.\n",
             rep.generator_ceiling_pps.median / ag.ceiling_per_s.median.max(1e-9)
         ));
+        if let Some(p) = &ag.process {
+            md.push_str(&format!(
+                "\nackgate's process through each flood (sampled every 100 ms): resident memory {} MiB at the start, at most {}, {} at the end; CPU {:.1}% of one core (its XDP program runs in the NAPI thread, not in the process).\n",
+                p.rss_start_mib.show(1),
+                p.rss_max_mib.show(1),
+                p.rss_end_mib.show(1),
+                100.0 * p.cpu_share.median
+            ));
+        }
     }
     md
+}
+
+/// The process samples of a target's floods, if it has a process.
+fn proc_row(pts: &[Point]) -> Option<ProcRow> {
+    let ps: Vec<ProcSample> = pts.iter().filter_map(|p| p.process).collect();
+    if ps.is_empty() {
+        return None;
+    }
+    let mib =
+        |f: fn(&ProcSample) -> u64| Stat::of(ps.iter().map(|p| f(p) as f64 / 1024.0).collect());
+    Some(ProcRow {
+        rss_start_mib: mib(|p| p.rss_start_kib),
+        rss_max_mib: mib(|p| p.rss_max_kib),
+        rss_end_mib: mib(|p| p.rss_end_kib),
+        cpu_share: Stat::of(ps.iter().map(|p| p.cpu).collect()),
+    })
+}
+
+impl Point {
+    /// The target's NAPI thread time per SYN answered.
+    fn ns(&self) -> f64 {
+        self.napi_s * 1e9 / self.answered.max(1) as f64
+    }
 }
 
 /// A target in place on the target's interface; dropping it undoes it.
 struct Running {
     attached: Option<Attached>,
-    _procs: Vec<Process>,
-    _listeners: Vec<TcpListener>,
+    procs: Vec<Process>,
+    listeners: Vec<TcpListener>,
     undo: Vec<Vec<String>>,
     tgt: String,
+    /// The target interface's NAPI thread(s): its receive path.
+    napi: Vec<i32>,
+    /// The target's own process (ackgate), sampled through each flood.
+    pid: Option<i32>,
     /// The sink counts for itself (it answers nothing).
     sink: bool,
 }
@@ -373,10 +435,12 @@ fn start(lab: &FloodLab, t: SynTarget) -> Result<Running> {
     let tgt = &lab.tgt;
     let mut r = Running {
         attached: None,
-        _procs: Vec::new(),
-        _listeners: Vec::new(),
+        procs: Vec::new(),
+        listeners: Vec::new(),
         undo: Vec::new(),
         tgt: tgt.name.clone(),
+        napi: Vec::new(),
+        pid: None,
         sink: t == SynTarget::Sink,
     };
     let listen = |ipv: IpAddr| -> Result<TcpListener> {
@@ -411,8 +475,9 @@ fn start(lab: &FloodLab, t: SynTarget) -> Result<Running> {
             ]);
             cmd.args(crate::lab::extra_args());
             let mut p = Process::spawn("ackgate", cmd)?;
-            waitattached(lab, &mut p)?;
-            r._procs.push(p);
+            wait_until_attached(lab, &mut p)?;
+            r.pid = Some(p.pid().as_raw());
+            r.procs.push(p);
         }
         SynTarget::Syncookies | SynTarget::Synproxy => {
             r.attached = Some(tgt.run(|| Attached::pass(TGT_IF))??);
@@ -451,12 +516,12 @@ fn start(lab: &FloodLab, t: SynTarget) -> Result<Running> {
                         .to_vec(),
                 );
             }
-            r._listeners.push(listen(TGT4.into())?);
-            r._listeners.push(listen(TGT6.into())?);
+            r.listeners.push(listen(TGT4.into())?);
+            r.listeners.push(listen(TGT6.into())?);
         }
     }
     // veth has NAPI while XDP is attached: its thread, on its core, now.
-    lab.target_napi()?;
+    r.napi = lab.target_napi()?;
     Ok(r)
 }
 
@@ -473,7 +538,7 @@ fn socket2_listener(addr: SocketAddr) -> Result<TcpListener> {
 
 /// Waits until ackgate's metrics answer (its XDP program is attached by
 /// then).
-fn waitattached(lab: &FloodLab, p: &mut Process) -> Result<()> {
+fn wait_until_attached(lab: &FloodLab, p: &mut Process) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let up = lab
@@ -504,21 +569,54 @@ fn flood_once(
             _ => lab.answers.count(),
         }
     };
+    let napi_ticks = || -> Result<u64> {
+        running
+            .napi
+            .iter()
+            .map(|&p| flood_lab::thread_ticks(p))
+            .sum()
+    };
     let before = counter(running)?;
     let c0 = cpu_ticks(TARGET_CPU)?;
-    let sent = match generator {
-        Some(g) => {
-            let ifindex = lab.atk_ifindex()?;
-            lab.atk.run(|| xdp_flood(g, ifindex, spec))??
-        }
-        None => lab.atk.run(|| -> Result<Sent> {
-            flood::pin(GEN_CPU)?;
-            flood::run(flood_lab::ATK_IF, spec, &AtomicBool::new(false))
-        })??,
+    let n0 = napi_ticks()?;
+    let p0 = running.pid.map(flood_lab::thread_ticks).transpose()?;
+    let rss0 = running.pid.map(rss_kib).transpose()?;
+    let done = AtomicBool::new(false);
+    let rss_max = std::sync::atomic::AtomicU64::new(rss0.unwrap_or(0));
+    let flood = || -> Result<Sent> {
+        Ok(match generator {
+            Some(g) => {
+                let ifindex = lab.atk_ifindex()?;
+                lab.atk.run(|| xdp_flood(g, ifindex, spec))??
+            }
+            None => lab.atk.run(|| -> Result<Sent> {
+                flood::pin(GEN_CPU)?;
+                flood::run(flood_lab::ATK_IF, spec, &AtomicBool::new(false))
+            })??,
+        })
     };
+    let sent = std::thread::scope(|s| {
+        if let Some(pid) = running.pid {
+            let (done, rss_max) = (&done, &rss_max);
+            s.spawn(move || {
+                while !done.load(Relaxed) {
+                    if let Ok(k) = rss_kib(pid) {
+                        rss_max.fetch_max(k, Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+        }
+        let r = flood();
+        done.store(true, Relaxed);
+        r
+    })?;
     // The last frames drain from the target's queue.
     std::thread::sleep(Duration::from_millis(100));
     let c1 = cpu_ticks(TARGET_CPU)?;
+    let n1 = napi_ticks()?;
+    let p1 = running.pid.map(flood_lab::thread_ticks).transpose()?;
+    let rss1 = running.pid.map(rss_kib).transpose()?;
     let answered = counter(running)? - before;
     // SAFETY: sysconf has no preconditions.
     let tick = 1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
@@ -526,6 +624,16 @@ fn flood_once(
         sent,
         answered,
         busy_s: (c1 - c0) as f64 * tick,
+        napi_s: (n1 - n0) as f64 * tick,
+        process: match (p0, p1, rss0, rss1) {
+            (Some(p0), Some(p1), Some(r0), Some(r1)) => Some(ProcSample {
+                rss_start_kib: r0,
+                rss_max_kib: rss_max.load(Relaxed).max(r1),
+                rss_end_kib: r1,
+                cpu: (p1 - p0) as f64 * tick / sent.seconds,
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -563,6 +671,15 @@ fn xdp_flood(g: &Generator, ifindex: u32, spec: &Spec) -> Result<Sent> {
         seconds,
         pps: sent as f64 / seconds.max(1e-9),
     })
+}
+
+/// A process's resident memory (VmRSS), KiB.
+fn rss_kib(pid: i32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
 }
 
 /// Busy ticks of one CPU (user, nice, system, irq, softirq) from /proc/stat.
