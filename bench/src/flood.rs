@@ -142,36 +142,50 @@ pub fn run(iface: &str, spec: &Spec, stop: &AtomicBool) -> Result<Sent> {
         m.msg_hdr.msg_iov = v;
         m.msg_hdr.msg_iovlen = 1;
     }
-    let t0 = Instant::now();
-    let mut sent = 0u64;
     let mut at = 0usize;
-    while !stop.load(Relaxed) && sent < spec.max_packets {
-        let elapsed = t0.elapsed();
-        if elapsed >= spec.duration {
-            break;
-        }
-        if let Some(pps) = spec.pps {
-            // Pace: never ahead of pps * elapsed.
-            let due = (pps as f64 * elapsed.as_secs_f64()) as u64;
-            if sent >= due {
-                let wait = (sent + BATCH as u64 - due) as f64 / pps as f64;
-                std::thread::sleep(Duration::from_secs_f64(wait.min(0.01)));
-                continue;
-            }
-        }
-        let n = BATCH.min(POOL - at).min((spec.max_packets - sent) as usize);
+    drive(spec, stop, BATCH as u64, |n| {
+        let n = (n as usize).min(POOL - at);
         // SAFETY: msgs[at..at + n] are valid headers pointing at live frames.
         let r = unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs[at..].as_mut_ptr(), n as u32, 0) };
         if r < 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::ENOBUFS) || e.raw_os_error() == Some(libc::EAGAIN) {
                 std::thread::yield_now();
-                continue;
+                return Ok(0);
             }
             return Err(e).context("sendmmsg");
         }
-        sent += r as u64;
         at = (at + r as usize) % POOL;
+        Ok(r as u64)
+    })
+}
+
+/// Calls `send(n)` (which sends at most `n` frames and says how many it
+/// did) until the spec's duration or packet count is reached, or `stop` is
+/// set; with `pps`, never ahead of `pps` times the time elapsed. `chunk`
+/// is the most one call is asked for.
+pub fn drive(
+    spec: &Spec,
+    stop: &AtomicBool,
+    chunk: u64,
+    mut send: impl FnMut(u64) -> Result<u64>,
+) -> Result<Sent> {
+    let t0 = Instant::now();
+    let mut sent = 0u64;
+    while !stop.load(Relaxed) && sent < spec.max_packets {
+        let elapsed = t0.elapsed();
+        if elapsed >= spec.duration {
+            break;
+        }
+        if let Some(pps) = spec.pps {
+            let due = (pps as f64 * elapsed.as_secs_f64()) as u64;
+            if sent >= due {
+                let wait = (sent + chunk - due) as f64 / pps as f64;
+                std::thread::sleep(Duration::from_secs_f64(wait.min(0.01)));
+                continue;
+            }
+        }
+        sent += send(chunk.min(spec.max_packets - sent))?;
     }
     let seconds = t0.elapsed().as_secs_f64();
     Ok(Sent {

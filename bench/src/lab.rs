@@ -1,10 +1,13 @@
 //! The targets under test in the bench lab: nginx behind each of ackgate,
 //! the kernel's SYN cookies, nftables synproxy and HAProxy, or direct.
 
-use std::{net::SocketAddr, process::Command};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    process::Command,
+};
 
 pub use ackgate_lab::bench_lab::*;
-use ackgate_lab::{workspace_bin, Process};
+use ackgate_lab::{workspace_bin, Netns, Process};
 use anyhow::{Context as _, Result};
 
 /// Extra arguments for every ackgate a scenario starts (`--ackgate-arg`).
@@ -187,6 +190,34 @@ impl Drop for Running {
     }
 }
 
+/// nftables synproxy for `addr:port` in `ns`, as the nftables wiki sets it
+/// up: untracked SYNs, synproxy for the invalid/untracked ACKs, loose
+/// pickup off (`nft delete table inet benchsynproxy` removes it).
+pub fn synproxy(ns: &Netns, dir: &std::path::Path, addr: Ipv4Addr, port: u16) -> Result<()> {
+    let sysctl = |kv: &str| ns.exec(&["sysctl", "-qw", kv]).map(|_| ());
+    sysctl("net.ipv4.tcp_syncookies=1")?;
+    sysctl("net.ipv4.tcp_timestamps=1")?;
+    let rules = format!(
+        "table inet benchsynproxy {{
+  chain pre {{ type filter hook prerouting priority raw; policy accept;
+    ip daddr {addr} tcp dport {port} tcp flags syn notrack
+  }}
+  chain in {{ type filter hook input priority filter; policy accept;
+    ip daddr {addr} tcp dport {port} ct state invalid,untracked synproxy mss 1460 wscale 7 timestamp sack-perm
+    ip daddr {addr} tcp dport {port} ct state invalid drop
+  }}
+}}
+"
+    );
+    let f = dir.join("synproxy.nft");
+    std::fs::write(&f, rules)?;
+    ns.exec(&["nft", "-f", f.to_str().unwrap()])
+        .context("loading the nftables synproxy ruleset (nf_synproxy in the kernel?)")?;
+    // Set after the ruleset: conntrack's sysctls exist once it is loaded.
+    let _ = sysctl("net.netfilter.nf_conntrack_tcp_loose=0");
+    Ok(())
+}
+
 /// Starts `target` in the proxy namespace, in front of nginx.
 pub fn start(lab: &BenchLab, target: Target) -> Result<Running> {
     let px = lab.px.name.clone();
@@ -266,32 +297,8 @@ pub fn start(lab: &BenchLab, target: Target) -> Result<Running> {
             vec![plain(lab)?]
         }
         Target::Synproxy => {
-            // As the nftables wiki sets it up: untracked SYNs, synproxy for
-            // the invalid/untracked ACKs, loose pickup off.
-            sysctl("net.ipv4.tcp_syncookies=1")?;
-            sysctl("net.ipv4.tcp_timestamps=1")?;
-            sysctl("net.netfilter.nf_conntrack_tcp_loose=0").ok();
-            let rules = format!(
-                "table inet benchsynproxy {{
-  chain pre {{ type filter hook prerouting priority raw; policy accept;
-    ip daddr {VIP4} tcp dport {PORT} tcp flags syn notrack
-  }}
-  chain in {{ type filter hook input priority filter; policy accept;
-    ip daddr {VIP4} tcp dport {PORT} ct state invalid,untracked synproxy mss 1460 wscale 7 timestamp sack-perm
-    ip daddr {VIP4} tcp dport {PORT} ct state invalid drop
-  }}
-}}
-"
-            );
-            let f = lab.dir.join("synproxy.nft");
-            std::fs::write(&f, rules)?;
-            lab.px
-                .exec(&["nft", "-f", f.to_str().unwrap()])
-                .context("loading the nftables synproxy ruleset (nf_synproxy in the kernel?)")?;
+            synproxy(&lab.px, &lab.dir, VIP4, PORT)?;
             nft = true;
-            let _ = lab
-                .px
-                .exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0"]);
             vec![plain(lab)?]
         }
         Target::Haproxy => {

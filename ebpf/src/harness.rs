@@ -58,16 +58,7 @@ mod programs {
     /// holds programs that agree on it).
     #[xdp(frags)]
     pub fn ackgate_bench(ctx: XdpContext) -> u32 {
-        let Some(t) = BENCH_FRAME.get(0) else {
-            return XDP_ABORTED;
-        };
-        let len = t.len as usize;
-        if len == 0 || len > BENCH_FRAME_MAX || resize(&ctx, len).is_none() {
-            return XDP_ABORTED;
-        }
-        // SAFETY: reads `len <= BENCH_FRAME_MAX` bytes of the map value; the
-        // helper bounds-checks the packet.
-        if unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, t.bytes.as_ptr() as *mut _, len as u32) } != 0 {
+        if restore(&ctx, BENCH_FRAME.get(0)).is_none() {
             return XDP_ABORTED;
         }
         // SAFETY: tail call into a program userspace placed in the array.
@@ -103,19 +94,8 @@ mod programs {
     /// words, and transmits it out of the interface the run names.
     #[xdp]
     pub fn ackgate_gen(ctx: XdpContext) -> u32 {
-        let Some(t) = GEN_FRAME.get(0) else {
-            return XDP_ABORTED;
-        };
-        let len = t.len as usize;
-        // As in ackgate_bench: a range test LLVM folds into one subtraction
-        // would leave the verifier without a bound on `len`; GEN_MIN is
-        // checked on the frame below.
-        if len == 0 || len > BENCH_FRAME_MAX || resize(&ctx, len).is_none() {
-            return XDP_ABORTED;
-        }
-        // SAFETY: reads `len <= BENCH_FRAME_MAX` bytes of the map value; the
-        // helper bounds-checks the packet.
-        if unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, t.bytes.as_ptr() as *mut _, len as u32) } != 0 {
+        // GEN_MIN is checked on the frame below.
+        if restore(&ctx, GEN_FRAME.get(0)).is_none() {
             return XDP_ABORTED;
         }
         let Some(seq) = GEN_SEQ.get_ptr_mut(0) else {
@@ -282,6 +262,25 @@ mod programs {
     #[inline(always)]
     unsafe fn put32(p: *mut u8, off: usize, v: u32) {
         (p.add(off) as *mut u32).write_unaligned(v)
+    }
+
+    /// Makes the frame a copy of the template `t`: its length, its bytes.
+    #[inline(always)]
+    fn restore(ctx: &XdpContext, t: Option<&BenchFrame>) -> Option<()> {
+        let t = t?;
+        let len = t.len as usize;
+        // Two tests, not a range: LLVM folds a range test into one
+        // subtraction, which leaves the verifier without a bound on `len`.
+        if len == 0 || len > BENCH_FRAME_MAX {
+            return None;
+        }
+        resize(ctx, len)?;
+        // SAFETY: reads `len <= BENCH_FRAME_MAX` bytes of the map value; the
+        // helper bounds-checks the packet.
+        if unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, t.bytes.as_ptr() as *mut _, len as u32) } != 0 {
+            return None;
+        }
+        Some(())
     }
 
     /// Grows or shrinks the frame to exactly `len` bytes (as the product's

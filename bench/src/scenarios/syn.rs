@@ -490,26 +490,7 @@ fn start(lab: &FloodLab, t: SynTarget) -> Result<Running> {
                     "net.ipv4.tcp_syncookies=1".into(),
                 ]);
             } else {
-                sysctl("net.ipv4.tcp_syncookies=1")?;
-                sysctl("net.ipv4.tcp_timestamps=1")?;
-                let rules = format!(
-                    "table inet benchsynproxy {{
-  chain pre {{ type filter hook prerouting priority raw; policy accept;
-    ip daddr {TGT4} tcp dport {PORT} tcp flags syn notrack
-  }}
-  chain in {{ type filter hook input priority filter; policy accept;
-    ip daddr {TGT4} tcp dport {PORT} ct state invalid,untracked synproxy mss 1460 wscale 7 timestamp sack-perm
-    ip daddr {TGT4} tcp dport {PORT} ct state invalid drop
-  }}
-}}
-"
-                );
-                let f = lab.dir.join("synproxy.nft");
-                std::fs::write(&f, rules)?;
-                tgt.exec(&["nft", "-f", f.to_str().unwrap()]).context(
-                    "loading the nftables synproxy ruleset (nf_synproxy in the kernel?)",
-                )?;
-                let _ = sysctl("net.netfilter.nf_conntrack_tcp_loose=0");
+                crate::lab::synproxy(tgt, &lab.dir, TGT4, PORT)?;
                 r.undo.push(
                     ["nft", "delete", "table", "inet", "benchsynproxy"]
                         .map(String::from)
@@ -642,34 +623,10 @@ fn flood_once(
 fn xdp_flood(g: &Generator, ifindex: u32, spec: &Spec) -> Result<Sent> {
     flood::pin(GEN_CPU)?;
     // Chunks of ~1 ms at the rate asked (flat out: 64k frames, ~10 ms).
-    let chunk = spec
-        .pps
-        .map_or(65_536, |p| (p / 1000).clamp(1, 65_536) as u32);
-    let t0 = Instant::now();
-    let stop = AtomicBool::new(false);
-    let mut sent = 0u64;
-    while !stop.load(Relaxed) && sent < spec.max_packets {
-        let elapsed = t0.elapsed();
-        if elapsed >= spec.duration {
-            break;
-        }
-        if let Some(pps) = spec.pps {
-            let due = (pps as f64 * elapsed.as_secs_f64()) as u64;
-            if sent >= due {
-                let wait = (sent + u64::from(chunk) - due) as f64 / pps as f64;
-                std::thread::sleep(Duration::from_secs_f64(wait.min(0.01)));
-                continue;
-            }
-        }
-        let n = chunk.min((spec.max_packets - sent) as u32);
-        g.send(ifindex, n)?;
-        sent += u64::from(n);
-    }
-    let seconds = t0.elapsed().as_secs_f64();
-    Ok(Sent {
-        packets: sent,
-        seconds,
-        pps: sent as f64 / seconds.max(1e-9),
+    let chunk = spec.pps.map_or(65_536, |p| (p / 1000).clamp(1, 65_536));
+    flood::drive(spec, &AtomicBool::new(false), chunk, |n| {
+        g.send(ifindex, n as u32)?;
+        Ok(n)
     })
 }
 
