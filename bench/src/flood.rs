@@ -9,7 +9,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    sync::atomic::{AtomicBool, Ordering::Relaxed},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     time::{Duration, Instant},
 };
 
@@ -32,6 +32,10 @@ pub struct Spec {
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
     pub seed: u64,
+    /// Spoofed sources: a network and its prefix length (same family as
+    /// `dst`); `None`: 10.99.0.0/16 or fd00:99::/64, which the labs route
+    /// back to the attacker.
+    pub sources: Option<(IpAddr, u8)>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -47,19 +51,22 @@ pub fn frames(spec: &Spec) -> Vec<Vec<u8>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
     (0..POOL)
         .map(|_| {
-            let src: IpAddr = match spec.dst {
-                IpAddr::V4(_) => Ipv4Addr::new(10, 99, rng.gen(), rng.gen()).into(),
-                IpAddr::V6(_) => Ipv6Addr::new(
-                    0xfd00,
-                    0x99,
-                    0,
-                    0,
-                    rng.gen(),
-                    rng.gen(),
-                    rng.gen(),
-                    rng.gen(),
-                )
-                .into(),
+            let src = match spec.sources {
+                Some((net, prefix)) => random_in(net, prefix, &mut rng),
+                None => match spec.dst {
+                    IpAddr::V4(_) => Ipv4Addr::new(10, 99, rng.gen(), rng.gen()).into(),
+                    IpAddr::V6(_) => Ipv6Addr::new(
+                        0xfd00,
+                        0x99,
+                        0,
+                        0,
+                        rng.gen(),
+                        rng.gen(),
+                        rng.gen(),
+                        rng.gen(),
+                    )
+                    .into(),
+                },
             };
             let tsval: u32 = rng.gen();
             let t = tsval.to_be_bytes();
@@ -80,6 +87,24 @@ pub fn frames(spec: &Spec) -> Vec<Vec<u8>> {
             s.build()
         })
         .collect()
+}
+
+/// A random address in `net/prefix`.
+pub fn random_in(net: IpAddr, prefix: u8, rng: &mut impl rand::Rng) -> IpAddr {
+    match net {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            Ipv4Addr::from((u32::from(a) & mask) | (rng.gen::<u32>() & !mask)).into()
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
+            Ipv6Addr::from((u128::from(a) & mask) | (rng.gen::<u128>() & !mask)).into()
+        }
+    }
 }
 
 /// An AF_PACKET socket bound to `iface` that skips the qdisc.
@@ -125,6 +150,11 @@ fn socket(iface: &str) -> Result<OwnedFd> {
 /// Floods from the calling thread's namespace out of `iface` until the
 /// spec's duration or packet count is reached, or `stop` is set.
 pub fn run(iface: &str, spec: &Spec, stop: &AtomicBool) -> Result<Sent> {
+    run_counting(iface, spec, stop, &AtomicU64::new(0))
+}
+
+/// [`run`], adding what it sends to `sent` as it goes (a progress line).
+pub fn run_counting(iface: &str, spec: &Spec, stop: &AtomicBool, sent: &AtomicU64) -> Result<Sent> {
     let fd = socket(iface)?;
     let pool = frames(spec);
     let mut iov: Vec<libc::iovec> = pool
@@ -156,6 +186,7 @@ pub fn run(iface: &str, spec: &Spec, stop: &AtomicBool) -> Result<Sent> {
             return Err(e).context("sendmmsg");
         }
         at = (at + r as usize) % POOL;
+        sent.fetch_add(r as u64, Relaxed);
         Ok(r as u64)
     })
 }

@@ -10,6 +10,7 @@ mod clients;
 mod flood;
 mod handoff;
 mod lab;
+mod loadtest;
 mod report;
 mod scenarios;
 mod xdp;
@@ -55,6 +56,14 @@ enum Cmd {
     /// scaling, no SACK, MSS 536, jumbo MTU...) through ackgate, as a ratio
     /// of the same client's direct rate and of the plain relay's.
     Clients(clients::Args),
+    /// Load-test your own defences: spoofed SYNs at a target you name, from
+    /// an interface of this network namespace, at a rate, bounded in time
+    /// and packets (both required); counts the SYN-ACKs seen coming back.
+    Flood(loadtest::flood::Args),
+    /// Load-test your own defences: an open-loop legitimate client (a new
+    /// connection on schedule, timed from it) against a target you name;
+    /// success, SYN retransmissions, connect and first-byte percentiles.
+    Probe(loadtest::probe::Args),
 }
 
 #[derive(clap::Args, Clone)]
@@ -102,6 +111,8 @@ fn main() {
         Cmd::Xdp(a) => xdp::run(a),
         Cmd::Handoff(a) => handoff::run(a),
         Cmd::Clients(a) => clients::run(a),
+        Cmd::Flood(a) => loadtest::flood::run(a),
+        Cmd::Probe(a) => loadtest::probe::run(a),
     };
     if let Err(e) = r {
         eprintln!("ackgate-bench: {e:#}");

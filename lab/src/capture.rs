@@ -53,6 +53,39 @@ impl Capture {
         Ok(())
     }
 
+    /// Hands every frame to `f` (one buffer, reused) until `stop` is set;
+    /// checks `stop` at least every 100 ms.
+    pub fn each_until(&self, stop: &std::sync::atomic::AtomicBool, mut f: impl FnMut(&[u8])) {
+        use std::os::fd::AsRawFd as _;
+        let mut buf = vec![0u8; 65536];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
+                continue;
+            }
+            loop {
+                // SAFETY: buf is valid for its length.
+                let len = unsafe {
+                    libc::recv(
+                        self.fd.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if len <= 0 {
+                    break;
+                }
+                f(&buf[..len as usize]);
+            }
+        }
+    }
+
     /// Next frame matching `pred`, or `None` after `timeout`.
     pub fn next_matching(
         &self,

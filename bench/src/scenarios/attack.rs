@@ -18,6 +18,7 @@ use super::{ceiling, flood, flood_spec, Scenario, SYN_DEFENCES};
 use crate::{
     flood::{Sent, Spec},
     lab::{self, BenchLab, Target},
+    loadtest::probe::{self, Load, Outcome, Progress},
     report::{self, fmt_num, Header, Stat},
     Common,
 };
@@ -70,15 +71,6 @@ struct Report {
     timeout: f64,
     generator_ceiling_pps: f64,
     points: Vec<Point>,
-}
-
-/// One open-loop client run: what happened to each connection.
-struct Outcome {
-    ok: u64,
-    total: u64,
-    retrans: u64,
-    connect: Histogram<u64>,
-    first_byte: Histogram<u64>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -270,8 +262,7 @@ fn with_flood<R>(
 }
 
 /// Opens `rate` connections per second for `secs` from the client
-/// namespace, each timed from its scheduled start (so a stalled client does
-/// not hide latency), fetching `/` over HTTP/1.0.
+/// namespace (the open-loop client of `probe`), fetching `/` over HTTP/1.0.
 fn open_loop(
     cli: &Netns,
     target: SocketAddr,
@@ -279,58 +270,13 @@ fn open_loop(
     secs: f64,
     timeout: f64,
 ) -> Result<Outcome> {
-    cli.run(move || -> Result<Outcome> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            let n = (rate as f64 * secs) as u64;
-            let start = tokio::time::Instant::now() + Duration::from_millis(50);
-            let to = Duration::from_secs_f64(timeout);
-            let mut set = tokio::task::JoinSet::new();
-            for i in 0..n {
-                let at = start + Duration::from_secs_f64(i as f64 / rate as f64);
-                set.spawn(async move {
-                    tokio::time::sleep_until(at).await;
-                    let r = tokio::time::timeout(to, async {
-                        let mut s = tokio::net::TcpStream::connect(target).await?;
-                        let connected = at.elapsed();
-                        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-                        s.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
-                        let mut buf = [0u8; 512];
-                        let k = s.read(&mut buf).await?;
-                        let first = at.elapsed();
-                        let ok = buf[..k].starts_with(b"HTTP/1.1 200");
-                        let mut rest = Vec::new();
-                        s.read_to_end(&mut rest).await?;
-                        std::io::Result::Ok((connected, first, ok))
-                    })
-                    .await;
-                    match r {
-                        Ok(Ok((c, f, true))) => Some((c, f)),
-                        _ => None,
-                    }
-                });
-            }
-            let mut o = Outcome {
-                ok: 0,
-                total: n,
-                retrans: 0,
-                connect: Histogram::new(3)?,
-                first_byte: Histogram::new(3)?,
-            };
-            while let Some(r) = set.join_next().await {
-                if let Some((c, f)) = r? {
-                    o.ok += 1;
-                    if c >= Duration::from_secs(1) {
-                        o.retrans += 1;
-                    }
-                    o.connect.record(c.as_micros() as u64)?;
-                    o.first_byte.record(f.as_micros() as u64)?;
-                }
-            }
-            anyhow::Ok(o)
-        })
-    })?
+    let load = Load {
+        target,
+        rate,
+        count: (rate as f64 * secs) as u64,
+        timeout: Duration::from_secs_f64(timeout),
+        send: b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+        expect: Some(b"HTTP/1.1 200".to_vec()),
+    };
+    cli.run(move || probe::open_loop(&load, &Progress::default()))?
 }

@@ -136,6 +136,7 @@ pub fn flood_spec(
         src_mac: lab.atk.mac("atk0")?,
         dst_mac: lab.px.mac("px0")?,
         seed,
+        sources: None,
     })
 }
 

@@ -190,6 +190,7 @@ pub fn run(a: Args) -> Result<()> {
         src_mac: lab.atk.mac(flood_lab::ATK_IF)?,
         dst_mac: lab.tgt.mac(TGT_IF)?,
         seed: 7,
+        sources: None,
     };
     let (generator, fallback) = choose_generator(&lab, &spec, a.generator)?;
     let targets: &[SynTarget] = if a.ipv6 {

@@ -1,8 +1,9 @@
 //! IORING_OP_SPLICE: each direction alternates two splices, its socket into
 //! its pipe and the pipe into the other socket. The kernel cannot issue a
 //! splice without blocking, so every one runs in an io-wq worker thread (a
-//! worker waits in each direction that has nothing to read), and a short
-//! splice breaks a link, so the two cannot be chained in one submission.
+//! worker waits in each direction that has nothing to read, holding its
+//! pipe's lock), and a short splice breaks a link, so the two cannot be
+//! chained in one submission.
 
 use std::{
     io,
@@ -61,8 +62,11 @@ impl Dir {
 /// Relays until both directions have seen EOF (each passed on as a write
 /// shutdown); the first error ends it.
 pub fn relay(client: &TcpStream, backend: &TcpStream) -> anyhow::Result<()> {
-    let mut ring = IoUring::new(8)?;
     let mut dirs = [Dir::new(client, backend)?, Dir::new(backend, client)?];
+    // Declared after the pipes, so dropped before them: a worker waiting
+    // in a socket -> pipe splice holds that pipe's lock, and closing the
+    // pipe would wait for it forever; closing the ring first cancels it.
+    let mut ring = IoUring::new(8)?;
     let sockets = [backend, client];
     for (d, dir) in dirs.iter().enumerate() {
         push(&mut ring, dir.fill(d))?;
