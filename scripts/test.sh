@@ -130,5 +130,18 @@ assert [x[0] for x in rel["exchange_rtt_us"]] == [x["target"] for x in rel["gbit
 svg("relay.svg")
 print("lab bench smokes ok")
 PY
+# The index over every report the smokes wrote, with its headline table.
+./target/release/ackgate-bench index --out "$out" 2>/dev/null
+python3 - "$out" <<'PY'
+import json, os, sys
+d = sys.argv[1]
+md = open(os.path.join(d, "index.md")).read()
+for n in ("xdp", "syn", "attack", "conn", "bulk", "relay", "handoff", "clients"):
+    assert f"[{n}.md]({n}.md)" in md, n
+assert "[syn.svg](syn.svg)" in md and "| SYN-ACKs/s that fill one core" in md, md
+idx = json.load(open(os.path.join(d, "index.json")))
+assert len(idx["reports"]) == 8 and "relay Gbit/s" in idx["headline_markdown"], idx
+print("bench index ok")
+PY
 passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} END{print s+0}')
 echo "summary: $((passed + 4)) passed, 0 failed"

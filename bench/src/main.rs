@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod clients;
 mod flood;
 mod handoff;
+mod index;
 mod lab;
 mod loadtest;
 mod report;
@@ -64,6 +65,13 @@ enum Cmd {
     /// connection on schedule, timed from it) against a target you name;
     /// success, SYN retransmissions, connect and first-byte percentiles.
     Probe(loadtest::probe::Args),
+    /// One page over every report in a directory (index.md and index.json:
+    /// run, machine, tables, charts) with the headline table the README
+    /// quotes, computed from the reports.
+    Index(index::Args),
+    /// Every scenario in turn, then the index: the one command that
+    /// regenerates bench/results.
+    All(index::AllArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -113,6 +121,8 @@ fn main() {
         Cmd::Clients(a) => clients::run(a),
         Cmd::Flood(a) => loadtest::flood::run(a),
         Cmd::Probe(a) => loadtest::probe::run(a),
+        Cmd::Index(a) => index::run(a),
+        Cmd::All(a) => index::all(a),
     };
     if let Err(e) = r {
         eprintln!("ackgate-bench: {e:#}");

@@ -337,6 +337,31 @@ pub fn lines(
     s
 }
 
+/// `v` with `digits` decimals and thousands separated by commas
+/// (1,285,351; 5.13).
+pub fn fmt_num_digits(v: f64, digits: usize) -> String {
+    let s = format!("{:.*}", digits, v.abs());
+    let (int, frac) = s
+        .split_once('.')
+        .map_or((s.as_str(), None), |(i, f)| (i, Some(f)));
+    let mut out = String::new();
+    for (i, c) in int.chars().enumerate() {
+        if i > 0 && (int.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if let Some(f) = frac {
+        out.push('.');
+        out.push_str(f);
+    }
+    if v < 0.0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
 pub fn fmt_num(v: f64) -> String {
     let a = v.abs();
     if a == 0.0 {
@@ -357,6 +382,14 @@ pub fn fmt_num(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_get_thousands_separators() {
+        assert_eq!(fmt_num_digits(1_285_351.4, 0), "1,285,351");
+        assert_eq!(fmt_num_digits(5.128, 2), "5.13");
+        assert_eq!(fmt_num_digits(999.0, 0), "999");
+        assert_eq!(fmt_num_digits(-1234.5, 1), "-1,234.5");
+    }
 
     #[test]
     fn median_and_spread() {

@@ -187,6 +187,22 @@ impl BenchLab {
     pub fn vip6(&self) -> IpAddr {
         VIP6.into()
     }
+
+    /// Frames lost on their way into the proxy's interface so far: the
+    /// switch end's transmit drops (veth drops a frame when the receiving
+    /// end's queue is full: the receiver's core cannot keep up) and px0's
+    /// receive drops.
+    pub fn ingress_drops(&self) -> Result<u64> {
+        let stat = |ns: &Netns, path: String| -> Result<u64> {
+            // `ip netns exec` remounts /sys: the namespace's own devices.
+            let o = ns.exec(&["cat", &path])?;
+            Ok(String::from_utf8_lossy(&o.stdout).trim().parse()?)
+        };
+        Ok(stat(
+            &self._sw,
+            "/sys/class/net/sw-px/statistics/tx_dropped".into(),
+        )? + stat(&self.px, "/sys/class/net/px0/statistics/rx_dropped".into())?)
+    }
 }
 
 /// Waits until a TCP connect from `ns` to `addr` succeeds.

@@ -60,6 +60,9 @@ struct Point {
     first_byte_p999_ms: Stat,
     /// Share of connections whose connect took >= 1 s (a SYN retransmission).
     syn_retransmit_share: Stat,
+    /// Frames (flood and legitimate alike) dropped entering the proxy's
+    /// interface during the measurement: its receive queue was full.
+    dropped_entering_proxy: Stat,
 }
 
 #[derive(Serialize)]
@@ -85,7 +88,7 @@ pub fn run(a: Args) -> Result<()> {
     for t in SYN_DEFENCES {
         let run = lab::start(lab, t)?;
         for &level in &levels {
-            let mut acc: Vec<(f64, Outcome)> = Vec::new();
+            let mut acc: Vec<(f64, Outcome, u64)> = Vec::new();
             for r in 0..runs {
                 let spec = match level {
                     Some(0) => None,
@@ -97,19 +100,22 @@ pub fn run(a: Args) -> Result<()> {
                         r as u64,
                     )?),
                 };
+                let d0 = lab.ingress_drops()?;
                 let (sent, o) = with_flood(lab, spec, || {
                     open_loop(&lab.cli, run.addr, rate, secs, a.timeout)
                 })?;
+                let dropped = lab.ingress_drops()? - d0;
                 eprintln!(
-                    "attack {:18} flood {:>9} pps: {}/{} ok, connect p99 {:.1} ms, {} retransmitted",
+                    "attack {:18} flood {:>9} pps: {}/{} ok, connect p99 {:.1} ms, {} retransmitted, {} frames dropped entering px0",
                     t.label(),
                     fmt_num(sent.pps),
                     o.ok,
                     o.total,
                     o.connect.value_at_quantile(0.99) as f64 / 1e3,
-                    o.retrans
+                    o.retrans,
+                    dropped
                 );
-                acc.push((sent.pps, o));
+                acc.push((sent.pps, o, dropped));
             }
             points.push(point(t, level, &acc));
         }
@@ -126,7 +132,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let mut md = sc.heading(&rep.head, "Legitimate clients under a SYN flood");
     md.push_str(&format!(
-        ": an open-loop client opens {} connections/s for {} s (each timed from its scheduled start) and fetches a 2-byte page from nginx while the attacker floods spoofed SYNs; {} run(s) per point, median (min-max). Generator ceiling {} pps.\n\n| target | flood pps (sent) | success | connect p50 / p99 / p99.9 ms | first byte p50 / p99 / p99.9 ms | SYN retransmitted |\n|---|---:|---:|---:|---:|---:|\n",
+        ": an open-loop client opens {} connections/s for {} s (each timed from its scheduled start) and fetches a 2-byte page from nginx while the attacker floods spoofed SYNs; {} run(s) per point, median (min-max). Generator ceiling {} pps.\n\n| target | flood pps (sent) | success | connect p50 / p99 / p99.9 ms | first byte p50 / p99 / p99.9 ms | SYN retransmitted | frames dropped entering the proxy |\n|---|---:|---:|---:|---:|---:|---:|\n",
         rate,
         secs,
         runs,
@@ -134,7 +140,7 @@ pub fn run(a: Args) -> Result<()> {
     ));
     for p in &rep.points {
         md.push_str(&format!(
-            "| {} | {} | {:.1}% | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.1}% |\n",
+            "| {} | {} | {:.1}% | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.1}% | {} |\n",
             p.target.label(),
             fmt_num(p.flood_sent_pps.median),
             p.success_rate.median * 100.0,
@@ -144,7 +150,8 @@ pub fn run(a: Args) -> Result<()> {
             p.first_byte_p50_ms.median,
             p.first_byte_p99_ms.median,
             p.first_byte_p999_ms.median,
-            p.syn_retransmit_share.median * 100.0
+            p.syn_retransmit_share.median * 100.0,
+            fmt_num(p.dropped_entering_proxy.median)
         ));
     }
     let series = |f: &dyn Fn(&Point) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
@@ -213,8 +220,8 @@ fn levels(a: &Args, ceil: f64) -> Result<Vec<Option<u64>>> {
 }
 
 /// Medians over a point's runs: latencies in ms, shares of all connections.
-fn point(target: Target, flood_pps: Option<u64>, acc: &[(f64, Outcome)]) -> Point {
-    let st = |f: &dyn Fn(&(f64, Outcome)) -> f64| Stat::of(acc.iter().map(f).collect());
+fn point(target: Target, flood_pps: Option<u64>, acc: &[(f64, Outcome, u64)]) -> Point {
+    let st = |f: &dyn Fn(&(f64, Outcome, u64)) -> f64| Stat::of(acc.iter().map(f).collect());
     let q = |h: &Histogram<u64>, q: f64| {
         if h.is_empty() {
             f64::NAN
@@ -234,6 +241,7 @@ fn point(target: Target, flood_pps: Option<u64>, acc: &[(f64, Outcome)]) -> Poin
         first_byte_p99_ms: st(&|x| q(&x.1.first_byte, 0.99)),
         first_byte_p999_ms: st(&|x| q(&x.1.first_byte, 0.999)),
         syn_retransmit_share: st(&|x| x.1.retrans as f64 / x.1.total.max(1) as f64),
+        dropped_entering_proxy: st(&|x| x.2 as f64),
     }
 }
 
