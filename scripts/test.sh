@@ -103,6 +103,8 @@ svg("syn.svg")
 att = load("attack")
 pts = {(p["target"], p["flood_pps"]) for p in att["points"]}
 assert pts == {(t, f) for t in ("ackgate", "syncookies", "synproxy") for f in (0, None)}, pts
+assert {p["clients"] for p in att["points"]} == {"linux", "no_timestamps"}, att["points"]
+assert {(b["target"], b["clients"]) for b in att["breaks"]} == {(t, c) for t in ("ackgate", "syncookies", "synproxy") for c in ("linux", "no_timestamps")}, att["breaks"]
 for p in att["points"]:
     assert 0 <= p["success_rate"]["median"] <= 1, p
     if p["flood_pps"] == 0:

@@ -45,9 +45,52 @@ pub struct Args {
     timeout: f64,
 }
 
+/// The legitimate clients' TCP stack: Linux's defaults, or with
+/// timestamps off (Windows' default), whose cookies carry the options
+/// another way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Clients {
+    Linux,
+    NoTimestamps,
+}
+
+impl Clients {
+    const ALL: [Clients; 2] = [Clients::Linux, Clients::NoTimestamps];
+
+    fn label(self) -> &'static str {
+        match self {
+            Clients::Linux => "Linux",
+            Clients::NoTimestamps => "no timestamps",
+        }
+    }
+
+    /// The client namespace's net.ipv4.tcp_timestamps.
+    fn sysctl(self) -> &'static str {
+        match self {
+            Clients::Linux => "net.ipv4.tcp_timestamps=1",
+            Clients::NoTimestamps => "net.ipv4.tcp_timestamps=0",
+        }
+    }
+}
+
+/// Where a target first misses the goal (>= 99.9% served, no SYN
+/// retransmission): the lowest flood measured at which it did, or none.
+#[derive(Serialize)]
+struct Break {
+    target: Target,
+    clients: Clients,
+    /// The flood rate sent there (None: held at every rate measured).
+    flood_sent_pps: Option<f64>,
+    success_rate: Option<f64>,
+    syn_retransmit_share: Option<f64>,
+    first_byte_ms: Option<[f64; 3]>,
+}
+
 #[derive(Serialize, Clone)]
 struct Point {
     target: Target,
+    clients: Clients,
     /// Requested flood rate (None: flat out).
     flood_pps: Option<u64>,
     flood_sent_pps: Stat,
@@ -74,6 +117,7 @@ struct Report {
     timeout: f64,
     generator_ceiling_pps: f64,
     points: Vec<Point>,
+    breaks: Vec<Break>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -87,7 +131,11 @@ pub fn run(a: Args) -> Result<()> {
     let mut points = Vec::new();
     for t in SYN_DEFENCES {
         let run = lab::start(lab, t)?;
-        for &level in &levels {
+        for (&level, clients) in levels
+            .iter()
+            .flat_map(|l| Clients::ALL.iter().map(move |&c| (l, c)))
+        {
+            lab.cli.exec(&["sysctl", "-qw", clients.sysctl()])?;
             let mut acc: Vec<(f64, Outcome, u64)> = Vec::new();
             for r in 0..runs {
                 let spec = match level {
@@ -106,8 +154,9 @@ pub fn run(a: Args) -> Result<()> {
                 })?;
                 let dropped = lab.ingress_drops()? - d0;
                 eprintln!(
-                    "attack {:18} flood {:>9} pps: {}/{} ok, connect p99 {:.1} ms, {} retransmitted, {} frames dropped entering px0",
+                    "attack {:18} {:14} flood {:>9} pps: {}/{} ok, connect p99 {:.1} ms, {} retransmitted, {} frames dropped entering px0",
                     t.label(),
+                    clients.label(),
                     fmt_num(sent.pps),
                     o.ok,
                     o.total,
@@ -117,11 +166,13 @@ pub fn run(a: Args) -> Result<()> {
                 );
                 acc.push((sent.pps, o, dropped));
             }
-            points.push(point(t, level, &acc));
+            points.push(point(t, clients, level, &acc));
         }
         drop(run);
     }
+    lab.cli.exec(&["sysctl", "-qw", Clients::Linux.sysctl()])?;
     points.sort_by_key(|p| p.target != Target::Ackgate);
+    let breaks = breaks(&points);
     let rep = Report {
         head: sc.header(runs),
         rate,
@@ -129,10 +180,11 @@ pub fn run(a: Args) -> Result<()> {
         timeout: a.timeout,
         generator_ceiling_pps: ceil,
         points,
+        breaks,
     };
     let mut md = sc.heading(&rep.head, "Legitimate clients under a SYN flood");
     md.push_str(&format!(
-        ": an open-loop client opens {} connections/s for {} s (each timed from its scheduled start) and fetches a 2-byte page from nginx while the attacker floods spoofed SYNs; {} run(s) per point, median (min-max). Generator ceiling {} pps.\n\n| target | flood pps (sent) | success | connect p50 / p99 / p99.9 ms | first byte p50 / p99 / p99.9 ms | SYN retransmitted | frames dropped entering the proxy |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        ": an open-loop client opens {} connections/s for {} s (each timed from its scheduled start) and fetches a 2-byte page from nginx while the attacker floods spoofed SYNs; {} run(s) per point, median (min-max). Generator ceiling {} pps.\n\n| target | clients | flood pps (sent) | success | connect p50 / p99 / p99.9 ms | first byte p50 / p99 / p99.9 ms | SYN retransmitted | frames dropped entering the proxy |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
         rate,
         secs,
         runs,
@@ -140,8 +192,9 @@ pub fn run(a: Args) -> Result<()> {
     ));
     for p in &rep.points {
         md.push_str(&format!(
-            "| {} | {} | {:.1}% | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.1}% | {} |\n",
+            "| {} | {} | {} | {:.1}% | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.1}% | {} |\n",
             p.target.label(),
+            p.clients.label(),
             fmt_num(p.flood_sent_pps.median),
             p.success_rate.median * 100.0,
             p.connect_p50_ms.median,
@@ -154,6 +207,28 @@ pub fn run(a: Args) -> Result<()> {
             fmt_num(p.dropped_entering_proxy.median)
         ));
     }
+    md.push('\n');
+    for b in &rep.breaks {
+        md.push_str(&match (b.flood_sent_pps, b.first_byte_ms) {
+            (Some(pps), Some(fb)) => format!(
+                "\n{} ({} clients) first misses the goal (>= 99.9% served, no SYN retransmission) at {} pps: {:.1}% served, {:.1}% SYN retransmitted, first byte p50 / p99 / p99.9 {:.2} / {:.2} / {:.2} ms.",
+                b.target.label(),
+                b.clients.label(),
+                fmt_num(pps),
+                100.0 * b.success_rate.unwrap_or(0.0),
+                100.0 * b.syn_retransmit_share.unwrap_or(0.0),
+                fb[0],
+                fb[1],
+                fb[2]
+            ),
+            _ => format!(
+                "\n{} ({} clients) meets the goal at every flood measured, up to what the generator sent against it.",
+                b.target.label(),
+                b.clients.label()
+            ),
+        });
+    }
+    md.push('\n');
     let series = |f: &dyn Fn(&Point) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
         [Target::Ackgate, Target::Syncookies, Target::Synproxy]
             .iter()
@@ -162,7 +237,7 @@ pub fn run(a: Args) -> Result<()> {
                     t.label().to_string(),
                     rep.points
                         .iter()
-                        .filter(|p| p.target == t)
+                        .filter(|p| p.target == t && p.clients == Clients::Linux)
                         .map(|p| (p.flood_sent_pps.median, f(p)))
                         .filter(|p| p.1.is_finite())
                         .collect(),
@@ -193,6 +268,38 @@ pub fn run(a: Args) -> Result<()> {
     sc.write(&rep, &md, &svgs)
 }
 
+/// Each (target, clients): the lowest flood at which it missed the goal.
+fn breaks(points: &[Point]) -> Vec<Break> {
+    let mut out = Vec::new();
+    for t in SYN_DEFENCES {
+        for c in Clients::ALL {
+            let mut ps: Vec<&Point> = points
+                .iter()
+                .filter(|p| p.target == t && p.clients == c)
+                .collect();
+            ps.sort_by(|a, b| a.flood_sent_pps.median.total_cmp(&b.flood_sent_pps.median));
+            let miss = ps
+                .iter()
+                .find(|p| p.success_rate.median < 0.999 || p.syn_retransmit_share.median > 0.0);
+            out.push(Break {
+                target: t,
+                clients: c,
+                flood_sent_pps: miss.map(|p| p.flood_sent_pps.median),
+                success_rate: miss.map(|p| p.success_rate.median),
+                syn_retransmit_share: miss.map(|p| p.syn_retransmit_share.median),
+                first_byte_ms: miss.map(|p| {
+                    [
+                        p.first_byte_p50_ms.median,
+                        p.first_byte_p99_ms.median,
+                        p.first_byte_p999_ms.median,
+                    ]
+                }),
+            });
+        }
+    }
+    out
+}
+
 /// The flood rates to measure at: `--flood`, or fractions of the ceiling.
 fn levels(a: &Args, ceil: f64) -> Result<Vec<Option<u64>>> {
     if !a.flood.is_empty() {
@@ -220,7 +327,12 @@ fn levels(a: &Args, ceil: f64) -> Result<Vec<Option<u64>>> {
 }
 
 /// Medians over a point's runs: latencies in ms, shares of all connections.
-fn point(target: Target, flood_pps: Option<u64>, acc: &[(f64, Outcome, u64)]) -> Point {
+fn point(
+    target: Target,
+    clients: Clients,
+    flood_pps: Option<u64>,
+    acc: &[(f64, Outcome, u64)],
+) -> Point {
     let st = |f: &dyn Fn(&(f64, Outcome, u64)) -> f64| Stat::of(acc.iter().map(f).collect());
     let q = |h: &Histogram<u64>, q: f64| {
         if h.is_empty() {
@@ -231,6 +343,7 @@ fn point(target: Target, flood_pps: Option<u64>, acc: &[(f64, Outcome, u64)]) ->
     };
     Point {
         target,
+        clients,
         flood_pps,
         flood_sent_pps: st(&|x| x.0),
         success_rate: st(&|x| x.1.ok as f64 / x.1.total.max(1) as f64),
