@@ -127,7 +127,9 @@ paths = [{"relay_path": p} for p in ("copy", "splice", "uring_splice", "uring_re
 for key in ("gbit_per_s", "exchanges_per_s"):
     assert [x["target"] for x in rel[key]] == ["ackgate", *paths, "direct"], rel[key]
     for x in rel[key]:
-        assert x["value"]["median"] > 0 and x["cpu_per_unit"]["median"] > 0, x
+        # CPU comes from /proc/stat's 10 ms ticks: a quick measurement of a
+        # few milliseconds may see none.
+        assert x["value"]["median"] > 0 and x["cpu_per_unit"]["median"] >= 0, x
 assert [x[0] for x in rel["exchange_rtt_us"]] == [x["target"] for x in rel["gbit_per_s"]], rel["exchange_rtt_us"]
 svg("relay.svg")
 print("lab bench smokes ok")
