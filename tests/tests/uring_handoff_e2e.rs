@@ -71,9 +71,9 @@ struct Seen {
     sync_ok: usize,
     /// Reasons of failed io_uring handoffs.
     failures: Vec<&'static str>,
-    /// TCP_INFO of each materialized socket before any data, by path and
-    /// client port.
-    infos: Vec<(&'static str, u16, TcpInfo)>,
+    /// TCP_INFO of each materialized socket before any data, by path, in
+    /// the order they were made.
+    infos: Vec<(&'static str, TcpInfo)>,
 }
 
 /// Steers the gateway's loop from the client side.
@@ -217,7 +217,7 @@ fn serve(
             if ctl.sync.load(Ordering::Relaxed) {
                 for f in &flows {
                     let c = materialize(f, wscale, opener).expect("materialize");
-                    s.infos.push(("sync", f.client.port(), tcp_info(&c)));
+                    s.infos.push(("sync", tcp_info(&c)));
                     s.sync_ok += 1;
                     conns.spawn(move || echo(c));
                 }
@@ -230,7 +230,7 @@ fn serve(
             for (f, r) in flows.iter().zip(u.materialize(&flows, wscale, opener)) {
                 match r {
                     Ok(c) => {
-                        s.infos.push(("uring", f.client.port(), tcp_info(&c)));
+                        s.infos.push(("uring", tcp_info(&c)));
                         s.uring_ok += 1;
                         conns.spawn(move || echo(c));
                     }
@@ -288,7 +288,7 @@ fn clients(lab: &Lab, services: [SocketAddr; 2], ctl: &Control, seen: &Mutex<See
     for p in [profile::named("linux_default"), no_ts_no_ws] {
         lab.shape_client(&p).unwrap();
         for target in services {
-            let mut ports = Vec::new();
+            let mut infos = Vec::new();
             for sync in [true, false] {
                 ctl.sync.store(sync, Ordering::Relaxed);
                 let msg = message(&format!("{} {target}\n", p.name), UPLOAD);
@@ -303,11 +303,9 @@ fn clients(lab: &Lab, services: [SocketAddr; 2], ctl: &Control, seen: &Mutex<See
                     "{} {target}: 256 KiB took {t:?} (a mis-scaled window?)",
                     p.name
                 );
-                ports.push(last_port(seen, if sync { "sync" } else { "uring" }));
+                infos.push(last_info(seen, if sync { "sync" } else { "uring" }));
             }
-            let s = seen.lock().unwrap();
-            let info = |port| &s.infos.iter().find(|(_, p, _)| *p == port).unwrap().2;
-            let (a, b) = (info(ports[0]), info(ports[1]));
+            let (a, b) = (&infos[0], &infos[1]);
             eprintln!("{} {target}: sync {a:?}, io_uring {b:?}", p.name);
             assert_eq!(
                 a, b,
@@ -331,12 +329,14 @@ fn clients(lab: &Lab, services: [SocketAddr; 2], ctl: &Control, seen: &Mutex<See
 }
 
 /// The client port of the last socket `path` made.
-fn last_port(seen: &Mutex<Seen>, path: &str) -> u16 {
+/// TCP_INFO of the latest socket `path` made. (Not looked up by client
+/// port: an earlier flow of the other family may have had the same one.)
+fn last_info(seen: &Mutex<Seen>, path: &str) -> TcpInfo {
     let s = seen.lock().unwrap();
     s.infos
         .iter()
         .rev()
-        .find(|(p, _, _)| *p == path)
+        .find(|(p, _)| *p == path)
         .expect("a socket of that path")
         .1
 }
