@@ -22,6 +22,9 @@ pub const MAP_GEN_SEQ: &str = "GEN_SEQ";
 pub const PROG_COUNT: &str = "ackgate_count";
 pub const MAP_COUNT: &str = "COUNT";
 pub const PROG_FLOOR: &str = "ackgate_floor";
+/// The switch-side sink for the answers to spoofed flood sources (it
+/// counts them in `COUNT`) that passes everything else.
+pub const PROG_ABSORB: &str = "ackgate_absorb";
 pub const MAP_FLOOR_KEY: &str = "FLOOR_KEY";
 
 /// Largest frame the benchmark harness can restore.

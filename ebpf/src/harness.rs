@@ -1,6 +1,6 @@
 //! The lab's XDP programs (object `ackgate-harness`, loaded by
 //! `ackgate-lab`), never part of the product's packet path or object:
-//! pass and drop for veth ends, a counting sink, the BPF_PROG_TEST_RUN
+//! pass and drop for veth ends, counting sinks, the BPF_PROG_TEST_RUN
 //! bench harness, the live-frame flood generator and the floor responder.
 //! Built for `bpfel-unknown-none` with the product by `proxy/build.rs`; on
 //! the host an empty binary.
@@ -81,6 +81,40 @@ mod programs {
         if let Some(n) = COUNT.get_ptr_mut(0) {
             // SAFETY: this CPU's slot of a per-CPU array; nothing else
             // writes it while the program runs.
+            unsafe { *n += 1 };
+        }
+        XDP_DROP
+    }
+
+    /// Drops (and counts) frames addressed to the flood's spoofed sources,
+    /// 10.99.0.0/16 and fd00:99::/64, and passes the rest: on the switch's
+    /// end toward the proxy, the answers to a flood end there, as the
+    /// attacker's network absorbs them, while the legitimate clients'
+    /// replies go on through the switch. Multi-buffer aware, like `pass`
+    /// which it stands in for.
+    #[xdp(frags)]
+    pub fn ackgate_absorb(ctx: XdpContext) -> u32 {
+        let (data, end) = (ctx.data(), ctx.data_end());
+        // Ethernet + the IPv6 header's addresses: enough for either family.
+        if data + 54 > end {
+            return XDP_PASS;
+        }
+        let p = data as *const u8;
+        // SAFETY: offsets under 54, checked above.
+        let spoofed = unsafe {
+            match (*p.add(12), *p.add(13)) {
+                // IPv4: the destination address at 30.
+                (0x08, 0x00) => *p.add(30) == 10 && *p.add(31) == 99,
+                // IPv6: the destination's first 64 bits at 38.
+                (0x86, 0xdd) => u32::from_be(get32(p, 38)) == 0xfd00_0099 && get32(p, 42) == 0,
+                _ => false,
+            }
+        };
+        if !spoofed {
+            return XDP_PASS;
+        }
+        if let Some(n) = COUNT.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot of a per-CPU array.
             unsafe { *n += 1 };
         }
         XDP_DROP

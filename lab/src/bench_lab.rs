@@ -9,10 +9,12 @@
 //! ```
 //!
 //! The proxy's `px0` carries ackgate's XDP program, so it sees the flood
-//! and the legitimate clients on one interface; the switch's end of that
-//! veth has a pass program (veth delivers `XDP_TX` frames only to a peer
-//! with XDP). Spoofed flood sources (10.99.0.0/16, fd00:99::/64) are routed
-//! back to the attacker, which drops the answers. Nothing leaves the lab.
+//! and the legitimate clients on one interface. The switch's end of that
+//! veth has an XDP program too (veth delivers `XDP_TX` frames only to a
+//! peer with XDP): it drops and counts the answers to the spoofed flood
+//! sources (10.99.0.0/16, fd00:99::/64, routed toward the attacker), as the
+//! attacker's network absorbs them, so they cost the switch's core no
+//! bridging, and passes everything else. Nothing leaves the lab.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -33,18 +35,28 @@ pub const PORT: u16 = 80;
 pub const BACKEND_PORT: u16 = 8080;
 /// HAProxy's port: not protected, so it runs beside ackgate (XDP passes it).
 pub const HAPROXY_PORT: u16 = 81;
+/// The core of px0's receive path in [`BenchLab::isolate_proxy_rx`], and
+/// the one the switch (and the generator) get.
+pub const PROXY_RX_CPU: usize = 0;
+pub const SWITCH_RX_CPU: usize = 1;
+/// Where floods enter: the switch's port toward the proxy (in `sw`). An
+/// AF_PACKET generator there sends the frames the attacker's would be
+/// bridged into, without charging the bridge's forwarding of every flood
+/// frame to the generator's core; they share px0's queue with the clients'.
+pub const FLOOD_PORT: &str = "sw-px";
 /// Metrics of the ackgate under test, inside the proxy namespace.
 pub const METRICS: &str = "127.0.0.1:9469";
 
 pub struct BenchLab {
     pub atk: Netns,
     pub cli: Netns,
-    /// The switch: held for its lifetime (the namespace goes with it).
-    _sw: Netns,
+    /// The switch; floods enter its port toward the proxy, [`FLOOD_PORT`].
+    pub sw: Netns,
     pub px: Netns,
     pub be: Netns,
     pub dir: PathBuf,
-    _pass: Vec<Attached>,
+    /// The switch end's sink for answers to spoofed sources.
+    absorb: Attached,
 }
 
 impl Drop for BenchLab {
@@ -163,15 +175,15 @@ impl BenchLab {
         // Room for the flood: the kernel baselines keep state per SYN.
         sh(&px, "sysctl -qw net.ipv4.tcp_max_syn_backlog=4096")?;
         sh(&px, "sysctl -qw net.core.somaxconn=4096")?;
-        let pass = sw.run(|| Attached::pass("sw-px"))??;
+        let absorb = sw.run(|| Attached::absorb("sw-px"))??;
         Ok(BenchLab {
             atk,
             cli,
-            _sw: sw,
+            sw,
             px,
             be,
             dir,
-            _pass: vec![pass],
+            absorb,
         })
     }
 
@@ -188,6 +200,27 @@ impl BenchLab {
         VIP6.into()
     }
 
+    /// Puts the proxy's receive path on a core of its own, as a NIC queue
+    /// with its own interrupt core would: px0's NAPI thread on
+    /// [`PROXY_RX_CPU`], real-time as a softirq is (its target's XDP
+    /// program and every frame's kernel receive work run there; other
+    /// tasks get what it leaves, so a flood queues no longer than the
+    /// thread needs to take it), and the switch's end
+    /// toward it (the answers and the replies, forwarded by the bridge) on
+    /// [`SWITCH_RX_CPU`], real-time, beside the generator. Needs an XDP
+    /// program on px0 (a target's own, or [`Attached::pass`]) and must be
+    /// called again whenever px0's program changes. Returns px0's NAPI
+    /// thread ids.
+    pub fn isolate_proxy_rx(&self) -> Result<Vec<i32>> {
+        crate::napi::threaded(&self.sw, "sw-px", SWITCH_RX_CPU, true)?;
+        crate::napi::threaded(&self.px, "px0", PROXY_RX_CPU, true)
+    }
+
+    /// Answers to spoofed flood sources absorbed at the switch so far.
+    pub fn answers_absorbed(&self) -> Result<u64> {
+        self.absorb.count()
+    }
+
     /// Frames lost on their way into the proxy's interface so far: the
     /// switch end's transmit drops (veth drops a frame when the receiving
     /// end's queue is full: the receiver's core cannot keep up) and px0's
@@ -199,7 +232,7 @@ impl BenchLab {
             Ok(String::from_utf8_lossy(&o.stdout).trim().parse()?)
         };
         Ok(stat(
-            &self._sw,
+            &self.sw,
             "/sys/class/net/sw-px/statistics/tx_dropped".into(),
         )? + stat(&self.px, "/sys/class/net/px0/statistics/rx_dropped".into())?)
     }

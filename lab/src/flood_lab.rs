@@ -20,9 +20,9 @@ use std::{
     path::PathBuf,
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 
-use crate::{harness::Attached, ip, unique, Netns};
+use crate::{harness::Attached, ip, napi::threaded, unique, Netns};
 
 pub const TGT4: Ipv4Addr = Ipv4Addr::new(10, 76, 0, 1);
 pub const ATK4: Ipv4Addr = Ipv4Addr::new(10, 76, 0, 2);
@@ -120,72 +120,4 @@ fn mac_string(m: &[u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-/// Threaded NAPI on `ifname` (in `ns`), its threads pinned to `cpu`;
-/// `first` makes them real-time, so they preempt the generator on their
-/// shared core: answers are absorbed as they come, never dropped because
-/// the generator kept the core.
-fn threaded(ns: &Netns, ifname: &str, cpu: usize, first: bool) -> Result<Vec<i32>> {
-    ns.exec(&[
-        "sh",
-        "-c",
-        &format!("echo 1 > /sys/class/net/{ifname}/threaded"),
-    ])
-    .with_context(|| format!("threaded NAPI on {ifname} (an XDP program attached?)"))?;
-    let pids = napi_threads(ifname)?;
-    if pids.is_empty() {
-        bail!("no napi/{ifname} thread: threaded NAPI did not take on the veth");
-    }
-    for &pid in &pids {
-        pin(pid, cpu).with_context(|| format!("pinning napi/{ifname} ({pid})"))?;
-        if first {
-            let p = libc::sched_param { sched_priority: 50 };
-            // SAFETY: plain syscall on a pid with a valid parameter.
-            if unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &p) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("SCHED_FIFO for napi/{ifname} ({pid})"));
-            }
-        }
-    }
-    Ok(pids)
-}
-
-/// CPU time a thread has used, user and system, in clock ticks
-/// (/proc/PID/stat fields 14 and 15).
-pub fn thread_ticks(pid: i32) -> Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command may hold spaces: fields resume after its ')'.
-    let rest = s
-        .rsplit_once(')')
-        .map(|x| x.1)
-        .context("unexpected /proc stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let (u, k): (u64, u64) = (f[11].parse()?, f[12].parse()?);
-    Ok(u + k)
-}
-
-/// Kernel threads named `napi/<ifname>-<id>`.
-fn napi_threads(ifname: &str) -> Result<Vec<i32>> {
-    let prefix = format!("napi/{ifname}-");
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc")? {
-        let e = e?;
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) {
-            if comm.trim_end().starts_with(&prefix) {
-                pids.push(pid);
-            }
-        }
-    }
-    Ok(pids)
-}
-
-fn pin(pid: i32, cpu: usize) -> Result<()> {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu)?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &set)?;
-    Ok(())
 }

@@ -6,15 +6,16 @@
 //! * drop: the cheapest possible sink (the bench's generator ceiling);
 //! * bench: restores a frame before each run of a target program, so the
 //!   responder (which rewrites its input) sees a fresh SYN every time;
-//! * count: a sink that counts what it drops;
+//! * count: a sink that counts what it drops; absorb: one that drops and
+//!   counts only the answers to spoofed flood sources;
 //! * gen: the flood generator, run by BPF_PROG_RUN in live-frame mode;
 //! * floor: the minimal SipHash SYN-ACK responder the bench compares with.
 
 use ackgate::xdp::{attach_named, load_program, ring, AttachMode, Responder, ResponderError};
 use ackgate_common::wire::{
     BenchFrame, Handoff, BENCH_FRAME_MAX, MAP_BENCH_FRAME, MAP_BENCH_TARGET, MAP_COUNT,
-    MAP_FLOOR_KEY, MAP_GEN_FRAME, PROG_BENCH, PROG_COUNT, PROG_DROP, PROG_FLOOR, PROG_GEN,
-    PROG_PASS,
+    MAP_FLOOR_KEY, MAP_GEN_FRAME, PROG_ABSORB, PROG_BENCH, PROG_COUNT, PROG_DROP, PROG_FLOOR,
+    PROG_GEN, PROG_PASS,
 };
 use anyhow::{bail, Context as _, Result};
 use aya::{
@@ -54,6 +55,12 @@ impl Attached {
     /// XDP_DROP that counts: see [`Attached::count`].
     pub fn counting(iface: &str) -> Result<Self, ResponderError> {
         Self::program(PROG_COUNT, iface)
+    }
+
+    /// Counts and drops the answers to a flood's spoofed sources
+    /// (10.99.0.0/16, fd00:99::/64), passes the rest: see [`Attached::count`].
+    pub fn absorb(iface: &str) -> Result<Self, ResponderError> {
+        Self::program(PROG_ABSORB, iface)
     }
 
     /// The floor responder, hashing with `key`.
@@ -163,6 +170,22 @@ pub fn floor_test_once(key: [u64; 2], frame: &[u8]) -> Result<(u32, Vec<u8>)> {
         .context("no floor program")?
         .try_into()?;
     test_once(prog, frame)
+}
+
+/// The absorbing sink run once on each of `frames` (BPF_PROG_TEST_RUN):
+/// each verdict, and how many it counted.
+pub fn absorb_test(frames: &[Vec<u8>]) -> Result<(Vec<u32>, u64)> {
+    let ebpf = load(&[PROG_ABSORB])?;
+    let prog: &Xdp = ebpf
+        .program(PROG_ABSORB)
+        .context("no absorb program")?
+        .try_into()?;
+    let verdicts = frames
+        .iter()
+        .map(|f| test_once(prog, f).map(|r| r.0))
+        .collect::<Result<Vec<_>>>()?;
+    let m: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.map(MAP_COUNT).context(MAP_COUNT)?)?;
+    Ok((verdicts, m.get(&0, 0)?.iter().sum()))
 }
 
 fn test_once(prog: &Xdp, frame: &[u8]) -> Result<(u32, Vec<u8>)> {

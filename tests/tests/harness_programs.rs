@@ -2,7 +2,8 @@
 //! generator must send valid, varied SYNs (a bad checksum would make every
 //! kernel target drop them unanswered and flatter it), and the floor
 //! responder must answer with a correct SYN-ACK carrying the SipHash of
-//! the flow (else it would be a floor for less work than it claims).
+//! the flow (else it would be a floor for less work than it claims); the
+//! switch's absorbing sink must drop only the answers to spoofed sources.
 
 use std::{
     collections::HashSet,
@@ -12,11 +13,11 @@ use std::{
 use ackgate_common::siphash::sip24_words;
 use ackgate_lab::{
     frame::{self, Segment, TCP_ACK, TCP_SYN},
-    harness::{floor_test_once, Generator},
+    harness::{absorb_test, floor_test_once, Generator},
 };
 use ackgate_tests::{
     require_root,
-    test_run::{XDP_PASS, XDP_TX},
+    test_run::{XDP_DROP, XDP_PASS, XDP_TX},
 };
 
 fn syn(src: IpAddr, dst: IpAddr) -> Vec<u8> {
@@ -110,4 +111,40 @@ fn the_floor_answers_a_syn_with_its_siphash_and_passes_the_rest() {
     ack.flags = TCP_ACK;
     let (verdict, _) = floor_test_once(key, &ack.build()).unwrap();
     assert_eq!(verdict, XDP_PASS);
+}
+
+#[test]
+fn the_absorbing_sink_drops_only_answers_to_spoofed_sources() {
+    require_root();
+    let answer = |src: IpAddr, dst: IpAddr| {
+        let mut s = Segment::syn(src, 80, dst, 40_000, 7, &[2, 4, 5, 180]);
+        s.flags = TCP_SYN | TCP_ACK;
+        s.build()
+    };
+    let vip4 = IpAddr::from(Ipv4Addr::new(10, 77, 0, 1));
+    let vip6 = IpAddr::from(Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 1));
+    let cases = [
+        (answer(vip4, Ipv4Addr::new(10, 99, 3, 4).into()), XDP_DROP),
+        (answer(vip4, Ipv4Addr::new(10, 77, 0, 2).into()), XDP_PASS),
+        (answer(vip4, Ipv4Addr::new(10, 98, 3, 4).into()), XDP_PASS),
+        (
+            answer(vip6, Ipv6Addr::new(0xfd00, 0x99, 0, 0, 1, 2, 3, 4).into()),
+            XDP_DROP,
+        ),
+        (
+            answer(vip6, Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 2).into()),
+            XDP_PASS,
+        ),
+        (
+            answer(vip6, Ipv6Addr::new(0xfd00, 0x99, 0, 1, 0, 0, 0, 4).into()),
+            XDP_PASS,
+        ),
+        // Shorter than any TCP frame (ARP's size): passed untouched.
+        (vec![0xff; 42], XDP_PASS),
+    ];
+    let frames: Vec<Vec<u8>> = cases.iter().map(|c| c.0.clone()).collect();
+    let (verdicts, counted) = absorb_test(&frames).unwrap();
+    let want: Vec<u32> = cases.iter().map(|c| c.1).collect();
+    assert_eq!(verdicts, want);
+    assert_eq!(counted, 2, "it counts what it drops");
 }

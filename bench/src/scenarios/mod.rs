@@ -84,14 +84,18 @@ pub fn cpu_during<R>(f: impl FnOnce() -> Result<R>) -> Result<(R, CpuTime)> {
     let c0 = ticks()?;
     let r = f()?;
     let c1 = ticks()?;
-    // SAFETY: sysconf has no preconditions.
-    let tick = 1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok((
         r,
         CpuTime {
-            busy_s: (c1 - c0) as f64 * tick,
+            busy_s: (c1 - c0) as f64 * tick(),
         },
     ))
+}
+
+/// Seconds per clock tick, the unit of /proc's CPU times.
+pub fn tick() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 /// /proc/stat's aggregate line: busy ticks.
@@ -140,19 +144,22 @@ pub fn flood_spec(
     })
 }
 
-/// Floods from the attacker namespace on [`FLOOD_CPU`] until the spec ends
-/// or `stop` is set.
+/// Floods into the switch's port toward the proxy ([`lab::FLOOD_PORT`]),
+/// frames from the attacker's address, on [`FLOOD_CPU`] until the spec
+/// ends or `stop` is set.
 pub fn flood(lab: &BenchLab, spec: &Spec, stop: &AtomicBool) -> Result<Sent> {
-    lab.atk.run(|| -> Result<Sent> {
+    lab.sw.run(|| -> Result<Sent> {
         flood::pin(FLOOD_CPU)?;
-        flood::run("atk0", spec, stop)
+        flood::run(lab::FLOOD_PORT, spec, stop)
     })?
 }
 
-/// The generator's ceiling: flat out into an XDP_DROP sink on px0, so a
-/// reader can tell the generator's limit from the target's.
+/// The generator's ceiling: flat out into an XDP_DROP sink on px0 (its
+/// receive path isolated as the targets' is), so a reader can tell the
+/// generator's limit from the target's.
 pub fn ceiling(lab: &BenchLab, secs: f64) -> Result<Sent> {
     let _sink = lab.px.run(|| Attached::drop_all("px0"))??;
+    lab.isolate_proxy_rx()?;
     let spec = flood_spec(lab, lab::VIP4.into(), None, secs, 99)?;
     flood(lab, &spec, &AtomicBool::new(false))
 }

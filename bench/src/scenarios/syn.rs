@@ -555,13 +555,16 @@ fn flood_once(
         running
             .napi
             .iter()
-            .map(|&p| flood_lab::thread_ticks(p))
+            .map(|&p| ackgate_lab::napi::thread_ticks(p))
             .sum()
     };
     let before = counter(running)?;
     let c0 = cpu_ticks(TARGET_CPU)?;
     let n0 = napi_ticks()?;
-    let p0 = running.pid.map(flood_lab::thread_ticks).transpose()?;
+    let p0 = running
+        .pid
+        .map(ackgate_lab::napi::thread_ticks)
+        .transpose()?;
     let rss0 = running.pid.map(rss_kib).transpose()?;
     let done = AtomicBool::new(false);
     let rss_max = std::sync::atomic::AtomicU64::new(rss0.unwrap_or(0));
@@ -597,11 +600,13 @@ fn flood_once(
     std::thread::sleep(Duration::from_millis(100));
     let c1 = cpu_ticks(TARGET_CPU)?;
     let n1 = napi_ticks()?;
-    let p1 = running.pid.map(flood_lab::thread_ticks).transpose()?;
+    let p1 = running
+        .pid
+        .map(ackgate_lab::napi::thread_ticks)
+        .transpose()?;
     let rss1 = running.pid.map(rss_kib).transpose()?;
     let answered = counter(running)? - before;
-    // SAFETY: sysconf has no preconditions.
-    let tick = 1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let tick = super::tick();
     Ok(Point {
         sent,
         answered,
