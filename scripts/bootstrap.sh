@@ -12,9 +12,10 @@ fi
 
 # Debian packages: LLVM 22 for bpf-linker, network tooling for the lab/tests.
 # haproxy and nftables are the bench's baselines, wrk one of its clients (its --quick runs are part of
-# scripts/test.sh); chromium is the browser among the tests' clients.
+# scripts/test.sh); chromium is the browser among the tests' clients;
+# prometheus (and its promtool) scrapes ackgate and checks the alert rules.
 DEB_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev
-          iproute2 iptables nftables python3 nginx-light haproxy curl chromium wrk)
+          iproute2 iptables nftables python3 nginx-light haproxy curl chromium wrk prometheus)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -27,6 +28,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   # Tests start their own nginx inside namespaces; not the system service.
   service nginx stop >/dev/null 2>&1 || true
   service haproxy stop >/dev/null 2>&1 || true
+  service prometheus stop >/dev/null 2>&1 || true
 fi
 
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -57,5 +59,11 @@ if ! bpf-linker --version 2>/dev/null | grep -q '^bpf-linker 0\.13'; then
   # which is LLVM 14 on bookworm); llvm-sys reads LLVM_SYS_221_PREFIX.
   LLVM_PREFIX=/usr/lib/llvm-22 LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 cargo install --locked bpf-linker@^0.13 \
     --no-default-features --features llvm-22
+fi
+# cargo-fuzz for scripts/fuzz.sh (libFuzzer targets in fuzz/, built with
+# nightly and AddressSanitizer).
+if ! cargo fuzz --version 2>/dev/null | grep -q '^cargo-fuzz 0\.13'; then
+  log "installing cargo-fuzz 0.13"
+  cargo install --locked cargo-fuzz@^0.13
 fi
 log "ok"

@@ -147,5 +147,12 @@ idx = json.load(open(os.path.join(d, "index.json")))
 assert len(idx["reports"]) == 8 and "relay Gbit/s" in idx["headline_markdown"], idx
 print("bench index ok")
 PY
+echo "== Debian package"
+bash scripts/test_package.sh
+# Every parser of outside input under libFuzzer; FUZZ_SECONDS per target.
+echo "== fuzz"
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-60}" | tee "$out/fuzz.log"
+fuzzed=$(grep -c ', no crash$' "$out/fuzz.log")
 passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} END{print s+0}')
-echo "summary: $((passed + 4)) passed, 0 failed"
+# The bench smokes' four checks, the package, and each fuzz target.
+echo "summary: $((passed + 4 + 1 + fuzzed)) passed, 0 failed"

@@ -1,7 +1,7 @@
 //! PROXY protocol headers (v1 text, v2 binary), so the backend sees the real
 //! client address.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 /// Which header to send to backends, if any.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -22,11 +22,13 @@ pub fn header(mode: Mode, client: SocketAddr, service: SocketAddr) -> Vec<u8> {
     match mode {
         Mode::Off => Vec::new(),
         Mode::V1 => {
-            let fam = if client.is_ipv4() { "TCP4" } else { "TCP6" };
+            // One family for both addresses: mixed ones both as IPv6.
+            let (c, s, fam) = match (client.ip(), service.ip()) {
+                (c @ IpAddr::V4(_), s @ IpAddr::V4(_)) => (c, s, "TCP4"),
+                (c, s) => (v6(c).into(), v6(s).into(), "TCP6"),
+            };
             format!(
-                "PROXY {fam} {} {} {} {}\r\n",
-                client.ip(),
-                service.ip(),
+                "PROXY {fam} {c} {s} {} {}\r\n",
                 client.port(),
                 service.port()
             )
@@ -43,20 +45,24 @@ pub fn header(mode: Mode, client: SocketAddr, service: SocketAddr) -> Vec<u8> {
                     h.extend_from_slice(&s.ip().octets());
                 }
                 (c, s) => {
-                    let v6 = |a: SocketAddr| match a {
-                        SocketAddr::V4(v) => v.ip().to_ipv6_mapped().octets(),
-                        SocketAddr::V6(v) => v.ip().octets(),
-                    };
                     h.push(0x21); // AF_INET6, STREAM
                     h.extend_from_slice(&36u16.to_be_bytes());
-                    h.extend_from_slice(&v6(c));
-                    h.extend_from_slice(&v6(s));
+                    h.extend_from_slice(&v6(c.ip()).octets());
+                    h.extend_from_slice(&v6(s.ip()).octets());
                 }
             }
             h.extend_from_slice(&client.port().to_be_bytes());
             h.extend_from_slice(&service.port().to_be_bytes());
             h
         }
+    }
+}
+
+/// An address as IPv6, an IPv4 one mapped (::ffff:a.b.c.d).
+fn v6(a: IpAddr) -> Ipv6Addr {
+    match a {
+        IpAddr::V4(v) => v.to_ipv6_mapped(),
+        IpAddr::V6(v) => v,
     }
 }
 
@@ -87,5 +93,21 @@ mod tests {
         assert_eq!(h.len(), 16 + 36);
         assert_eq!(h[13], 0x21);
         assert!(header(Mode::Off, c, s).is_empty());
+    }
+
+    /// Found writing the fuzz round trip: a v1 header named its family after the client
+    /// alone, so an IPv4 client and an IPv6 service gave "TCP4" with an
+    /// IPv6 address, which readers refuse.
+    #[test]
+    fn mixed_families_are_both_ipv6() {
+        let c: SocketAddr = "198.18.0.2:40000".parse().unwrap();
+        let s6: SocketAddr = "[fd00::1]:2".parse().unwrap();
+        assert_eq!(
+            header(Mode::V1, c, s6),
+            b"PROXY TCP6 ::ffff:198.18.0.2 fd00::1 40000 2\r\n"
+        );
+        let h = header(Mode::V2, c, s6);
+        assert_eq!(&h[12..16], &[0x21, 0x21, 0, 36]);
+        assert_eq!(&h[16..32], &Ipv6Addr::from(0xffff_c612_0002u128).octets());
     }
 }

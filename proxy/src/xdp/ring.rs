@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ackgate_common::{
+    cookie::MAX_WSCALE,
     options::NO_WSCALE,
     wire::{Handoff, HF_PROBE, HF_SACK, HF_TIMESTAMPS},
 };
@@ -54,7 +55,10 @@ impl Flow {
             client_isn: e.client_isn,
             cookie: e.cookie,
             mss: e.mss,
-            client_wscale: (e.wscale != NO_WSCALE).then_some(e.wscale),
+            // RFC 7323 caps the shift at 14 (a larger one is read as 14);
+            // the program already does, but a shift past 31 would make
+            // the window arithmetic overflow.
+            client_wscale: (e.wscale != NO_WSCALE).then_some(e.wscale.min(MAX_WSCALE)),
             sack: e.flags & HF_SACK != 0,
             timestamps: e.flags & HF_TIMESTAMPS != 0,
             client_tsval: e.tsval,
