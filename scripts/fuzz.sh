@@ -17,9 +17,14 @@ targets=("$@")
 [ "${#targets[@]}" -gt 0 ] || targets=(syn_options cookie handoff_event proxy_header config exposition)
 command -v cargo-fuzz >/dev/null || { echo "fuzz.sh: cargo-fuzz missing: run scripts/bootstrap.sh" >&2; exit 1; }
 
-cargo +nightly fuzz build --debug-assertions "${targets[@]/#/}" 2>&1 | grep -Ev '^\s*(Compiling|Downloaded|Downloading)' || true
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# Every target at once (later runs reuse it).
+if ! cargo +nightly fuzz build --debug-assertions >"$work/build.log" 2>&1; then
+  tail -40 "$work/build.log"
+  echo "fuzz.sh: building the fuzz targets failed" >&2
+  exit 1
+fi
 for t in "${targets[@]}"; do
   mkdir -p "$work/$t" "fuzz/corpus/$t"
   log="$work/$t.log"

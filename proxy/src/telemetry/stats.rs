@@ -69,6 +69,19 @@ impl Sample {
     }
 }
 
+/// A metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`) or, without colons, a label
+/// name: what the exposition format allows.
+fn is_name(s: &str, colons: bool) -> bool {
+    let ok = |c: char, first: bool| {
+        c.is_ascii_alphabetic()
+            || c == '_'
+            || (colons && c == ':')
+            || (!first && c.is_ascii_digit())
+    };
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| ok(c, true)) && chars.all(|c| ok(c, false))
+}
+
 /// Parses Prometheus text exposition (comments skipped, timestamps ignored).
 pub fn parse(text: &str) -> Result<Vec<Sample>, String> {
     let mut out = Vec::new();
@@ -82,18 +95,24 @@ pub fn parse(text: &str) -> Result<Vec<Sample>, String> {
             .find(|c: char| c == '{' || c.is_whitespace())
             .ok_or_else(|| bad("no value"))?;
         let name = line[..name_end].to_string();
+        if !is_name(&name, true) {
+            return Err(bad("bad metric name"));
+        }
         let mut rest = &line[name_end..];
         let mut labels = Vec::new();
         if let Some(r) = rest.strip_prefix('{') {
             rest = r;
             loop {
-                rest = rest.trim_start_matches([',', ' ']);
+                rest = rest.trim_start_matches(|c: char| c == ',' || c.is_whitespace());
                 if let Some(r) = rest.strip_prefix('}') {
                     rest = r;
                     break;
                 }
                 let eq = rest.find('=').ok_or_else(|| bad("label without '='"))?;
                 let key = rest[..eq].trim().to_string();
+                if !is_name(&key, false) {
+                    return Err(bad("bad label name"));
+                }
                 let r = rest[eq + 1..]
                     .strip_prefix('"')
                     .ok_or_else(|| bad("unquoted label value"))?;
@@ -576,6 +595,26 @@ pub fn run(a: &StatsArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing too: a line without a metric name ("{}1") was a
+    /// sample named "".
+    #[test]
+    fn names_are_checked() {
+        for bad in ["{}1", "9x 1", "a-b 1", "m{9=\"v\"} 1", "m{a:b=\"v\"} 1"] {
+            assert!(parse(bad).is_err(), "{bad:?} parsed");
+        }
+        assert!(parse("a:b_c9{l_2=\"v\"} 1").is_ok());
+    }
+
+    /// Found by fuzzing (`fuzz/fuzz_targets/exposition.rs`): with a tab
+    /// before a label's comma, the comma became part of the next key.
+    #[test]
+    fn whitespace_of_any_kind_separates_labels() {
+        let s = parse("m{a=\"1\"\t,\tb=\"2\" , c=\"3\"} 4\n").unwrap();
+        let keys: Vec<&str> = s[0].labels.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        assert_eq!(s[0].value, 4.0);
+    }
 
     #[test]
     fn parses_exposition_with_labels_escapes_and_comments() {
