@@ -114,4 +114,24 @@ mod tests {
         assert_eq!(ip_of(&w, 5), None);
         assert!(event(&[0u8; 8]).is_none(), "a short record");
     }
+
+    /// A record's window shift is read as RFC 7323 bounds it: at most 14,
+    /// none stays none (a shift past 31 would overflow the window sums).
+    #[test]
+    fn the_client_shift_is_capped_at_14() {
+        let (saddr, family) = words("198.18.0.2".parse().unwrap());
+        let e = |wscale| Handoff {
+            saddr,
+            daddr: saddr,
+            family,
+            wscale,
+            ..Handoff::default()
+        };
+        let shift = |w| Flow::from_event(&e(w)).unwrap().client_wscale;
+        assert_eq!(shift(7), Some(7));
+        assert_eq!(shift(14), Some(14));
+        assert_eq!(shift(15), Some(14));
+        assert_eq!(shift(200), Some(14));
+        assert_eq!(shift(NO_WSCALE), None);
+    }
 }
