@@ -14,7 +14,10 @@ fi
 out=$(mktemp -d)
 trap 'dpkg -P ackgate >/dev/null 2>&1 || true; rm -rf "$out"' EXIT
 deb=$(scripts/package.sh "$out")
-dpkg-deb --info "$deb" | grep -q '^ Package: ackgate' || fail "no control file"
+# Output captured before grep reads it: with pipefail, `grep -q` quitting
+# early would fail the writer with SIGPIPE.
+info=$(dpkg-deb --info "$deb")
+grep -q '^ Package: ackgate' <<<"$info" || fail "no control file"
 dpkg -i "$deb" >/dev/null
 want=$(./target/release/ackgate --version)
 [ "$(/usr/bin/ackgate --version)" = "$want" ] || fail "installed binary says '$(/usr/bin/ackgate --version)', want '$want'"
@@ -28,7 +31,8 @@ python3 -c 'import json,sys; json.load(open(sys.argv[1]))' /usr/share/ackgate/gr
 for f in /usr/share/ackgate/prometheus/ackgate-alerts.yml /usr/share/doc/ackgate/README.md; do
   [ -s "$f" ] || fail "$f missing"
 done
-dpkg -L ackgate | grep -qx /etc/ackgate/ackgate.toml || fail "the config is not the package's"
+files=$(dpkg -L ackgate)
+grep -qx /etc/ackgate/ackgate.toml <<<"$files" || fail "the config is not the package's"
 grep -qx /etc/ackgate/ackgate.toml /var/lib/dpkg/info/ackgate.conffiles || fail "the config is not a conffile"
 dpkg -P ackgate >/dev/null
 for f in /usr/bin/ackgate /lib/systemd/system/ackgate.service /etc/ackgate; do
