@@ -25,7 +25,7 @@ use ackgate::{
 use crate::{
     frame::{self, Segment, TCP_ACK},
     harness::Attached,
-    netns::unique,
+    netns::ScratchDir,
     process::{workspace_bin, Process},
     servers::{self, StopOnDrop},
     Capture, Lab,
@@ -36,15 +36,6 @@ const BACKEND: &str = "127.0.0.1:8080";
 const FLOOD_SYNS: usize = 20_000;
 const FORGED_ACKS: usize = 5_000;
 const BODY: &str = "hello from the backend, through ackgate\n";
-
-/// Removes the demo's secret file however the demo ends.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 pub fn run() -> Result<()> {
     ensure!(
@@ -58,10 +49,10 @@ pub fn run() -> Result<()> {
     );
 
     // The fleet secret, so the demo can check the cookies itself.
-    let dir = TempDir(std::env::temp_dir().join(unique("ackgate-demo")));
-    std::fs::create_dir(&dir.0)?;
+    // Removed (the secret with it) however the demo ends.
+    let dir = ScratchDir::new("ackgate-demo")?;
     let secret = Secret(rand::random());
-    let secret_file = dir.0.join("secret");
+    let secret_file = dir.path().join("secret");
     let hex: String = secret.0.iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(&secret_file, format!("{hex}\n"))?;
     std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600))?;

@@ -27,5 +27,5 @@ pub mod transfer;
 
 pub use capture::Capture;
 pub use gateway::{Handshake, Lab};
-pub use netns::{ip, unique, Netns};
+pub use netns::{ip, unique, Netns, ScratchDir};
 pub use process::{workspace_bin, Process};

@@ -13,6 +13,29 @@ use anyhow::{bail, Context as _, Result};
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A unique name stem for this process: `ag<pid>x<n>`.
+/// A directory of its own under the system's temporary directory
+/// (`unique(tag)`), removed with everything in it when dropped, also when
+/// a test or the demo fails.
+pub struct ScratchDir(std::path::PathBuf);
+
+impl ScratchDir {
+    pub fn new(tag: &str) -> Result<Self> {
+        let d = std::env::temp_dir().join(unique(tag));
+        std::fs::create_dir_all(&d)?;
+        Ok(ScratchDir(d))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub fn unique(tag: &str) -> String {
     format!(
         "ag{}{}{}",

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ackgate_lab::{unique, Lab, Process};
+use ackgate_lab::{Lab, Process, ScratchDir};
 use ackgate_tests::{metric, run_ackgate_until, scrape_gw_until, with_echo_lab, METRICS};
 
 /// The backends, in the gateway: the killed one is a process of its own.
@@ -22,10 +22,8 @@ const IDLE_SECS: u64 = 2;
 #[test]
 fn killed_silent_and_resetting_backends() {
     with_echo_lab(|lab| {
-        let dir = std::env::temp_dir().join(unique("faults"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let _cleanup = RemoveOnDrop(dir.clone());
-        let config = dir.join("ackgate.toml");
+        let dir = ScratchDir::new("faults").unwrap();
+        let config = dir.path().join("ackgate.toml");
         let vip = lab.vip4;
         std::fs::write(
             &config,
@@ -199,12 +197,4 @@ fn streaming_backend(lab: &Lab) -> Process {
         Duration::from_secs(10),
     )
     .unwrap()
-}
-
-struct RemoveOnDrop(std::path::PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

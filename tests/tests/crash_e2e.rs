@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ackgate_lab::{unique, Lab};
+use ackgate_lab::{Lab, ScratchDir};
 use ackgate_tests::{connect_from, run_ackgate_until, with_echo_lab, METRICS};
 
 /// One load client's attempt: when it ended, whether it was served, and
@@ -33,10 +33,8 @@ const HELD_PORT: u16 = 40999;
 #[test]
 fn sigkill_under_load_then_restart_with_the_same_secret() {
     with_echo_lab(|lab| {
-        let dir = std::env::temp_dir().join(unique("crash"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let _cleanup = RemoveOnDrop(dir.clone());
-        let secret = dir.join("secret");
+        let dir = ScratchDir::new("crash").unwrap();
+        let secret = dir.path().join("secret");
         std::fs::write(&secret, "00112233445566778899aabbccddeeff").unwrap();
         std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
@@ -250,12 +248,4 @@ fn wait(limit: Duration, done: impl Fn() -> bool) -> Option<Duration> {
         std::thread::sleep(Duration::from_millis(5));
     }
     None
-}
-
-struct RemoveOnDrop(std::path::PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

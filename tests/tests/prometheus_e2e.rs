@@ -12,30 +12,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ackgate_lab::{unique, Lab, Process};
+use ackgate_lab::{Lab, Process, ScratchDir};
 use ackgate_tests::{run_proxy, with_echo_lab, METRICS};
 use serde_json::Value;
 
 /// Prometheus's listener, inside the gateway namespace beside ackgate.
 const PROMETHEUS: &str = "127.0.0.1:9090";
 const CONNECTIONS: usize = 20;
-
-/// A directory of the test's own, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        let d = std::env::temp_dir().join(unique("prometheus"));
-        std::fs::create_dir_all(&d).unwrap();
-        Scratch(d)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn deploy(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -70,8 +53,8 @@ fn promtool_checks_and_unit_tests_the_alert_rules() {
 fn prometheus_answers_every_dashboard_query_after_traffic() {
     with_echo_lab(|lab| {
         let ackgate = run_proxy(lab, "127.0.0.1:9000");
-        let dir = Scratch::new();
-        let config = dir.0.join("prometheus.yml");
+        let dir = ScratchDir::new("prometheus").unwrap();
+        let config = dir.path().join("prometheus.yml");
         std::fs::write(
             &config,
             format!(
@@ -86,7 +69,7 @@ fn prometheus_answers_every_dashboard_query_after_traffic() {
         cmd.arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
-                dir.0.join("data").display()
+                dir.path().join("data").display()
             ))
             .arg(format!("--web.listen-address={PROMETHEUS}"));
         let _prometheus = Process::start(
