@@ -53,6 +53,11 @@ pub fn thread_ticks(pid: i32) -> Result<u64> {
     Ok(u + k)
 }
 
+/// CPU time of several threads together, in clock ticks.
+pub fn threads_ticks(pids: &[i32]) -> Result<u64> {
+    pids.iter().map(|&p| thread_ticks(p)).sum()
+}
+
 /// Kernel threads named `napi/<ifname>-<id>`.
 fn napi_threads(ifname: &str) -> Result<Vec<i32>> {
     let prefix = format!("napi/{ifname}-");

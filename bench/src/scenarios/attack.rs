@@ -227,12 +227,12 @@ pub fn run(a: Args) -> Result<()> {
                     )?),
                 };
                 let (d0, a0) = (lab.ingress_drops()?, lab.answers_absorbed()?);
-                let (t0, c0) = (Instant::now(), rx_ticks(&rx_threads)?);
+                let (t0, c0) = (Instant::now(), napi::threads_ticks(&rx_threads)?);
                 let (sent, o) = with_flood(lab, spec, || {
                     open_loop(&lab.cli, run.addr, rate, secs, a.timeout)
                 })?;
                 let secs_in = t0.elapsed().as_secs_f64();
-                let rx_busy = (rx_ticks(&rx_threads)? - c0) as f64 * tick() / secs_in;
+                let rx_busy = (napi::threads_ticks(&rx_threads)? - c0) as f64 * tick() / secs_in;
                 let answered = (lab.answers_absorbed()? - a0) as f64 / secs_in;
                 let dropped = lab.ingress_drops()? - d0;
                 eprintln!(
@@ -472,11 +472,6 @@ fn point(target: Target, clients: Clients, flood_pps: Option<u64>, acc: &[Measur
 /// entering the proxy, the share of its receive core px0's NAPI thread
 /// used, and the flood SYNs answered per second.
 type Measured = (f64, Outcome, u64, f64, f64);
-
-/// CPU time of px0's NAPI threads, in clock ticks.
-fn rx_ticks(threads: &[i32]) -> Result<u64> {
-    threads.iter().map(|&p| napi::thread_ticks(p)).sum()
-}
 
 /// Floods from the attacker namespace on its own thread for the duration
 /// of `f`, and returns what was sent with `f`'s result.

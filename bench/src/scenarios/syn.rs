@@ -551,13 +551,7 @@ fn flood_once(
             _ => lab.answers.count(),
         }
     };
-    let napi_ticks = || -> Result<u64> {
-        running
-            .napi
-            .iter()
-            .map(|&p| ackgate_lab::napi::thread_ticks(p))
-            .sum()
-    };
+    let napi_ticks = || ackgate_lab::napi::threads_ticks(&running.napi);
     let before = counter(running)?;
     let c0 = cpu_ticks(TARGET_CPU)?;
     let n0 = napi_ticks()?;
