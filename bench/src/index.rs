@@ -13,7 +13,7 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
 /// The scenarios, in the order `all` runs them and the index lists them.
-const SCENARIOS: [(&str, &str); 8] = [
+const SCENARIOS: [(&str, &str); 9] = [
     ("xdp", "XDP paths in BPF_PROG_TEST_RUN"),
     ("syn", "SYN flood: cost per SYN and ceiling on one core"),
     ("attack", "Legitimate clients under a SYN flood"),
@@ -22,6 +22,7 @@ const SCENARIOS: [(&str, &str); 8] = [
     ("relay", "Relay data paths"),
     ("handoff", "Handoff latency and materializations"),
     ("clients", "Client TCP profiles"),
+    ("soak", "Soak: mixed clients under a SYN flood"),
 ];
 
 #[derive(clap::Args)]

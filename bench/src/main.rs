@@ -46,6 +46,12 @@ enum Cmd {
     /// receives into a provided buffer ring (in a bare relay), beside
     /// ackgate and direct.
     Relay(scenarios::relay::Args),
+    /// Minutes of mixed client profiles (short, keep-alive, downloads,
+    /// idle, half-closed, idle-timed-out, reset) through ackgate under a
+    /// SYN flood: descriptors, memory and threads back to their baseline,
+    /// no connection left active, every relayed byte accounted for; fails
+    /// if not.
+    Soak(scenarios::soak::Args),
     /// Per-packet cost of the XDP SYN, verified-ACK, forged-ACK and pass
     /// paths from BPF_PROG_TEST_RUN, against an XDP_DROP program measured
     /// the same way.
@@ -116,6 +122,7 @@ fn main() {
         Cmd::Conn(a) => scenarios::conn::run(a),
         Cmd::Bulk(a) => scenarios::bulk::run(a),
         Cmd::Relay(a) => scenarios::relay::run(a),
+        Cmd::Soak(a) => scenarios::soak::run(a),
         Cmd::Xdp(a) => xdp::run(a),
         Cmd::Handoff(a) => handoff::run(a),
         Cmd::Clients(a) => clients::run(a),

@@ -1,7 +1,8 @@
-//! The lab scenarios: `syn`, `attack`, `conn`, `bulk` and `relay`. Each builds a
-//! fresh [`BenchLab`], runs every target side by side (interleaved where
-//! they can run together, one after the other where they need the same
-//! port or sysctls), repeats, and reports medians with their spread.
+//! The lab scenarios: `syn`, `attack`, `conn`, `bulk`, `relay` and `soak`.
+//! Each builds a fresh [`BenchLab`], runs every target side by side
+//! (interleaved where they can run together, one after the other where
+//! they need the same port or sysctls), repeats, and reports medians with
+//! their spread; `soak` runs ackgate alone, for long.
 //!
 //! This module is what they share, so that each scenario's file says only
 //! what it measures.
@@ -23,6 +24,7 @@ pub mod attack;
 pub mod bulk;
 pub mod conn;
 pub mod relay;
+pub mod soak;
 pub mod syn;
 
 /// A scenario's run: its name and flags, and the lab with nginx behind the

@@ -471,13 +471,13 @@ impl Stats {
         }
     }
 
-    /// A flow became a socket; `latency` from the ACK's verification, when
-    /// known.
     /// One materialization call: `io_uring` for a submitted batch.
     pub fn handoff_call(&self, io_uring: bool) {
         self.m_handoff_calls[io_uring as usize].increment(1);
     }
 
+    /// A flow became a socket; `latency` from the ACK's verification, when
+    /// known.
     pub fn handoff(&self, latency: Option<Duration>) {
         self.handoffs.fetch_add(1, Relaxed);
         self.m_handoffs.increment(1);
