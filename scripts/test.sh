@@ -154,9 +154,10 @@ assert r["flood_pps_sent"] > 0 and r["syns_answered"] > r["connections"], r["flo
 # Exactly what the clients counted on the clean service; the resets' within
 # their bounds.
 bytes = {(b["service"], b["direction"]): b for b in r["bytes"]}
-assert set(bytes) == {(s, d) for s in ("clean", "reset") for d in ("to_backend", "to_client")}, bytes
-for d in ("to_backend", "to_client"):
-    c, x = bytes[("clean", d)], bytes[("reset", d)]
+dirs = ("to_backend", "to_client")
+assert set(bytes) == {(s, x) for s in ("clean", "reset") for x in dirs}, bytes
+for direction in dirs:
+    c, x = bytes[("clean", direction)], bytes[("reset", direction)]
     assert c["ok"] and c["relayed"] == c["exact"] > 0 and c["bound"] == 0, c
     assert x["ok"] and x["exact"] == 0 and 0 < x["relayed"] <= x["bound"], x
 base, peak, after = r["baseline"], r["peak"], r["after"]
