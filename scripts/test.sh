@@ -6,14 +6,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 bash scripts/bootstrap.sh
+# Each stage's heading says when it started, so a slow run shows where.
+SECONDS=0
+stage() { echo "== $1 (at $((SECONDS / 60))m$((SECONDS % 60))s)"; }
 
-echo "== fmt"
+stage "fmt"
 cargo fmt --all -- --check
-echo "== clippy"
+stage "clippy"
 cargo clippy --release --workspace --all-targets --quiet -- -D warnings
-echo "== build"
+stage "build"
 cargo build --release --bins --quiet
-echo "== tests"
+stage "tests"
 log=$(mktemp)
 out=$(mktemp -d)
 trap 'rm -rf "$log" "$out"' EXIT
@@ -23,14 +26,14 @@ cargo test --release --workspace --lib --bins --tests 2>&1 | tee "$log"
 # The end-to-end proxy tests again on the other engine (the first pass ran
 # what `auto` picks here, io_uring; each test checks which engine ran).
 # --workspace keeps the first pass's feature set, so nothing is rebuilt.
-echo "== proxy tests on the tokio engine"
+stage "proxy tests on the tokio engine"
 e2e=()
 for t in proxy nginx loss fleet metrics limits client_matrix reload upgrade server_first \
          duplicate tcp_duties resources; do
   e2e+=(--test "${t}_e2e")
 done
 ACKGATE_ENGINE=tokio cargo test --release --workspace "${e2e[@]}" 2>&1 | tee -a "$log"
-echo "== bench smoke (structure, not speed)"
+stage "bench smoke (structure, not speed)"
 ./target/release/ackgate-bench xdp --quick --out "$out" >/dev/null
 python3 - "$out/xdp.json" <<'PY'
 import json, sys
@@ -73,7 +76,7 @@ print("clients bench smoke ok")
 PY
 # The lab scenarios, each against its baselines in a fresh namespace lab.
 for s in syn attack conn bulk relay; do
-  echo "-- ackgate-bench $s --quick"
+  stage "ackgate-bench $s --quick"
   ./target/release/ackgate-bench "$s" --quick --out "$out" >/dev/null
 done
 python3 - "$out" <<'PY'
@@ -136,7 +139,7 @@ print("lab bench smokes ok")
 PY
 # A short soak: mixed client profiles under a SYN flood; it fails by itself
 # on a leak or a byte unaccounted for, and its report is checked here too.
-echo "-- ackgate-bench soak --quick"
+stage "ackgate-bench soak --quick"
 ./target/release/ackgate-bench soak --quick --out "$out" >/dev/null
 python3 - "$out" <<'PY'
 import json, os, sys
@@ -183,12 +186,13 @@ idx = json.load(open(os.path.join(d, "index.json")))
 assert len(idx["reports"]) == 9 and "relay Gbit/s" in idx["headline_markdown"], idx
 print("bench index ok")
 PY
-echo "== Debian package"
+stage "Debian package"
 bash scripts/test_package.sh
 # Every parser of outside input under libFuzzer; FUZZ_SECONDS per target.
-echo "== fuzz"
+stage "fuzz"
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-60}" | tee "$out/fuzz.log"
 fuzzed=$(grep -c ', no crash$' "$out/fuzz.log")
 passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} END{print s+0}')
 # The bench smokes' five checks, the package, and each fuzz target.
+stage "done"
 echo "summary: $((passed + 5 + 1 + fuzzed)) passed, 0 failed"

@@ -318,19 +318,7 @@ fn reset(s: TcpStream) -> std::io::Result<()> {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: a valid socket and a linger struct of the size given.
-    let r = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&s),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &l)?;
     drop(s);
     Ok(())
 }
@@ -810,7 +798,12 @@ pub fn run(a: Args) -> Result<()> {
     let until = t0 + Duration::from_secs_f64(secs);
     let stop_flood = AtomicBool::new(false);
     let stop_samples = AtomicBool::new(false);
-    let spec = flood_spec(lab, lab::VIP4.into(), Some(flood_pps), secs + 30.0, 7)?;
+    // Bounded by time and packets, with room for the whole soak and the
+    // stragglers after it (the flood stops when the clients do).
+    let mut spec = flood_spec(lab, lab::VIP4.into(), Some(flood_pps), secs + 30.0, 7)?;
+    spec.max_packets = spec
+        .max_packets
+        .max(((secs + 30.0) * flood_pps as f64) as u64);
     let (profiles, sent, mut samples) = std::thread::scope(|s| -> Result<_> {
         let fl = (flood_pps > 0).then(|| s.spawn(|| flood(lab, &spec, &stop_flood)));
         let sm = s.spawn(|| {
