@@ -18,7 +18,7 @@ use anyhow::{ensure, Context as _, Result};
 use rand::{Rng as _, SeedableRng as _};
 
 use ackgate::{
-    telemetry::stats::{render, scrape, summarize, Snapshot},
+    telemetry::stats::{render, summarize, Snapshot},
     xdp::secret::{current_epoch, Secret},
 };
 
@@ -96,12 +96,7 @@ pub fn run() -> Result<()> {
     let mut ag = Process::spawn("ackgate run", cmd)?;
     ag.wait_for("proxy ready", Duration::from_secs(30))?;
     let metrics: SocketAddr = METRICS.parse()?;
-    let snap = || -> Result<Snapshot> {
-        Ok(Snapshot {
-            at: Instant::now(),
-            samples: lab.gw.run(|| scrape(metrics))??,
-        })
-    };
+    let snap = || -> Result<Snapshot> { Ok(lab.gw.run(|| Snapshot::take(metrics))??) };
     let first = snap()?;
     println!(
         "metrics: http://{METRICS}/metrics inside the gateway namespace; while the demo runs:\n  \

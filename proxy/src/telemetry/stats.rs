@@ -209,8 +209,16 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Scrapes `addr` now.
+    pub fn take(addr: SocketAddr) -> Result<Self, StatsError> {
+        Ok(Snapshot {
+            at: Instant::now(),
+            samples: scrape(addr)?,
+        })
+    }
+
     /// Sum of `name` over series whose labels include all of `filter`.
-    fn sum(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
+    pub fn sum(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
         self.samples
             .iter()
             .filter(|s| s.name == name && filter.iter().all(|(k, v)| s.label(k) == Some(v)))
@@ -566,16 +574,10 @@ fn fmt_secs(s: Option<f64>) -> String {
 pub fn run(a: &StatsArgs) -> anyhow::Result<()> {
     let every = Duration::from_secs_f64(a.interval);
     let live = !a.json && !a.once && std::io::stdout().is_terminal();
-    let snap = || -> Result<Snapshot, StatsError> {
-        Ok(Snapshot {
-            at: Instant::now(),
-            samples: scrape(a.metrics)?,
-        })
-    };
-    let mut prev = snap()?;
+    let mut prev = Snapshot::take(a.metrics)?;
     loop {
         std::thread::sleep(every);
-        let now = snap()?;
+        let now = Snapshot::take(a.metrics)?;
         let v = summarize(a.metrics, &prev, &now);
         if a.json {
             println!("{}", serde_json::to_string_pretty(&v)?);

@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ackgate::telemetry::{metrics as m, stats};
+use ackgate::telemetry::{metrics as m, stats::Snapshot};
 use ackgate_lab::{workspace_bin, Process};
 use anyhow::{bail, ensure, Result};
 use serde::Serialize;
@@ -75,34 +75,16 @@ const CLEAN: &str = "clean";
 const RESET: &str = "reset";
 const RESET_PORT: u16 = 8080;
 
-/// The sum of a metric's series that have all of `labels`.
-fn metric(lab: &BenchLab, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
-    let all = lab
+/// ackgate's metrics now, scraped in the proxy namespace.
+fn scrape(lab: &BenchLab) -> Result<Snapshot> {
+    Ok(lab
         .px
-        .run(|| stats::scrape(lab::METRICS.parse().unwrap()))??;
-    Ok(all
-        .iter()
-        .filter(|s| s.name == name)
-        .filter(|s| {
-            labels
-                .iter()
-                .all(|(k, v)| s.labels.iter().any(|(a, b)| a == k && b == v))
-        })
-        .map(|s| s.value)
-        .sum())
+        .run(|| Snapshot::take(lab::METRICS.parse().unwrap()))??)
 }
 
-/// Bytes relayed so far per (service, direction).
-fn relayed(lab: &BenchLab) -> Result<[f64; 4]> {
-    let mut v = [0.0; 4];
-    for (i, (svc, dir)) in DIRECTIONS.iter().enumerate() {
-        v[i] = metric(
-            lab,
-            m::RELAYED_BYTES,
-            &[("service", svc), ("direction", dir)],
-        )?;
-    }
-    Ok(v)
+/// Bytes relayed so far per (service, direction) of [`DIRECTIONS`].
+fn relayed(snap: &Snapshot) -> [f64; 4] {
+    DIRECTIONS.map(|(svc, dir)| snap.sum(m::RELAYED_BYTES, &[("service", svc), ("direction", dir)]))
 }
 
 const DIRECTIONS: [(&str, &str); 4] = [
@@ -272,12 +254,7 @@ pub fn run(a: Args) -> Result<()> {
             baseline.active
         );
     }
-    let (bytes0, handoffs0, syns0, drops0) = (
-        relayed(lab)?,
-        metric(lab, m::HANDOFFS, &[])?,
-        metric(lab, m::XDP_SYNS_ANSWERED, &[])?,
-        lab.ingress_drops()?,
-    );
+    let (m0, drops0) = (scrape(lab)?, lab.ingress_drops()?);
     eprintln!(
         "soak: baseline {} sockets, {} pipes, {} other descriptors, {} MiB, {} threads; {clients} clients for {secs} s under a {} pps flood",
         baseline.sockets,
@@ -332,10 +309,10 @@ pub fn run(a: Args) -> Result<()> {
     for t in profiles.values() {
         total.merge(t);
     }
-    let bytes = accounts(&profiles, bytes0, relayed(lab)?);
-    let handoffs = metric(lab, m::HANDOFFS, &[])? - handoffs0;
-    let syns_answered = metric(lab, m::XDP_SYNS_ANSWERED, &[])? - syns0;
-    let ingress_drops = lab.ingress_drops()? - drops0;
+    let (m1, ingress_drops) = (scrape(lab)?, lab.ingress_drops()? - drops0);
+    let bytes = accounts(&profiles, relayed(&m0), relayed(&m1));
+    let over = |name: &str| m1.sum(name, &[]) - m0.sum(name, &[]);
+    let (handoffs, syns_answered) = (over(m::HANDOFFS), over(m::XDP_SYNS_ANSWERED));
     // A drain with nothing left to drain: a prompt, clean exit.
     let (status, _) = ackgate.stop(Duration::from_secs(20))?;
 

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use nix::unistd::Pid;
 use serde::Serialize;
 
-use super::metric;
+use super::scrape;
 use crate::lab::BenchLab;
 
 /// How long resources may take to come back after the load stops: relays
@@ -77,7 +77,7 @@ pub(super) fn sample(lab: &BenchLab, pid: Pid, t: f64) -> Result<Resources> {
             r.threads += 1;
         }
     }
-    r.active = metric(lab, m::CONNECTIONS_ACTIVE, &[])?;
+    r.active = scrape(lab)?.sum(m::CONNECTIONS_ACTIVE, &[]);
     Ok(r)
 }
 
