@@ -100,6 +100,15 @@ pub fn tick() -> f64 {
     1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
+/// A process's resident memory (VmRSS), KiB.
+pub fn rss_kib(pid: i32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/PID/status")
+}
+
 /// /proc/stat's aggregate line: busy ticks.
 fn ticks() -> Result<u64> {
     let s = std::fs::read_to_string("/proc/stat")?;

@@ -25,6 +25,7 @@ use ackgate_lab::{
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
+use super::rss_kib;
 use crate::{
     flood::{self, Sent, Spec},
     report::{fmt_num, Header, Stat},
@@ -628,15 +629,6 @@ fn xdp_flood(g: &Generator, ifindex: u32, spec: &Spec) -> Result<Sent> {
         g.send(ifindex, n as u32)?;
         Ok(n)
     })
-}
-
-/// A process's resident memory (VmRSS), KiB.
-fn rss_kib(pid: i32) -> Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
 }
 
 /// Busy ticks of one CPU (user, nice, system, irq, softirq) from /proc/stat.

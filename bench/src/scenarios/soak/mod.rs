@@ -20,9 +20,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ackgate::telemetry::{metrics as m, stats::Snapshot};
+use ackgate::{
+    config::EngineArg,
+    telemetry::{metrics as m, stats::Snapshot},
+};
 use ackgate_lab::{workspace_bin, Process};
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context as _, Result};
+use clap::ValueEnum as _;
 use serde::Serialize;
 
 use self::{
@@ -57,16 +61,9 @@ pub struct Args {
     /// the `idle_timeout` profile outwaits.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=60))]
     idle_timeout: u64,
-    /// The engine ackgate runs.
-    #[arg(long, value_enum, default_value_t = Engine::IoUring)]
-    engine: Engine,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "snake_case")]
-enum Engine {
-    IoUring,
-    Tokio,
+    /// The engine ackgate runs (its `--engine`).
+    #[arg(long, value_enum, default_value = "io_uring")]
+    engine: EngineArg,
 }
 
 /// The two services, both in front of nginx: every profile but the
@@ -96,7 +93,7 @@ const DIRECTIONS: [(&str, &str); 4] = [
 
 /// ackgate in the proxy namespace with the two services, its idle timeout
 /// `idle`, on `engine`.
-fn start(lab: &BenchLab, engine: Engine, idle: Duration) -> Result<Process> {
+fn start(lab: &BenchLab, engine: &str, idle: Duration) -> Result<Process> {
     let cfg = lab.dir.join("soak.toml");
     std::fs::write(
         &cfg,
@@ -119,10 +116,7 @@ name = \"{RESET}\"
 listen = [\"{}:{RESET_PORT}\"]
 backends = [\"{}\"]
 ",
-            match engine {
-                Engine::IoUring => "io_uring",
-                Engine::Tokio => "tokio",
-            },
+            engine,
             lab::METRICS,
             idle.as_secs(),
             lab.vip(),
@@ -191,7 +185,8 @@ struct Report {
     head: Header,
     seconds: f64,
     clients: usize,
-    engine: Engine,
+    /// ackgate's `--engine` value.
+    engine: String,
     idle_timeout_s: u64,
     flood_pps_requested: u64,
     flood_pps_sent: f64,
@@ -225,7 +220,13 @@ pub fn run(a: Args) -> Result<()> {
     let idle_timeout = Duration::from_secs(a.idle_timeout);
     let sc = Scenario::new("soak", &a.common, BULK)?;
     let lab = &sc.lab;
-    let ackgate = start(lab, a.engine, idle_timeout)?;
+    let engine = a
+        .engine
+        .to_possible_value()
+        .context("an engine without a name")?
+        .get_name()
+        .to_string();
+    let ackgate = start(lab, &engine, idle_timeout)?;
     let pid = ackgate.pid();
 
     // Warm-up: every profile but the slow idle timeout, so pools, caches
@@ -243,11 +244,9 @@ pub fn run(a: Args) -> Result<()> {
         &warm,
         idle_timeout,
     )?;
-    let t0 = Instant::now();
     // io_uring's workers from the warm-up end after 5 s idle.
     std::thread::sleep(Duration::from_secs(6));
-    let mut baseline = sample(lab, pid, -t0.elapsed().as_secs_f64())?;
-    baseline.t = 0.0;
+    let baseline = sample(lab, pid, 0.0)?;
     if baseline.active != 0.0 {
         bail!(
             "{} connections still active after the warm-up",
@@ -347,7 +346,7 @@ pub fn run(a: Args) -> Result<()> {
         head: sc.header(1),
         seconds: secs,
         clients,
-        engine: a.engine,
+        engine,
         idle_timeout_s: idle_timeout.as_secs(),
         flood_pps_requested: flood_pps,
         flood_pps_sent: sent,
@@ -386,10 +385,7 @@ fn markdown(sc: &Scenario, r: &Report) -> String {
         ": {} closed-loop clients for {} s through ackgate ({} engine, idle timeout {} s) to nginx, each cycling through the profiles below, while {} spoofed SYNs/s ({} sent) flood the same service; {} SYNs answered by XDP meanwhile. Resources of the ackgate process from /proc, `connections_active` and the relayed-byte counters from its metrics; the baseline is taken after a 3 s warm-up and 6 s of quiet.\n\n",
         r.clients,
         r.seconds,
-        match r.engine {
-            Engine::IoUring => "io_uring",
-            Engine::Tokio => "tokio",
-        },
+        r.engine,
         r.idle_timeout_s,
         fmt_num(r.flood_pps_requested as f64),
         fmt_num(r.flood_pps_sent),

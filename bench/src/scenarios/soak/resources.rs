@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use nix::unistd::Pid;
 use serde::Serialize;
 
-use super::scrape;
+use super::{super::rss_kib, scrape};
 use crate::lab::BenchLab;
 
 /// How long resources may take to come back after the load stops: relays
@@ -27,7 +27,7 @@ const RSS_SLACK_KIB: u64 = 16 << 10;
 /// ackgate's resources at one moment.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
 pub(super) struct Resources {
-    /// Seconds since the soak began (negative: the baseline).
+    /// Seconds since the soak began (the baseline: 0).
     pub(super) t: f64,
     /// Open descriptors: sockets, pipes (the splice pool: bounded by
     /// `--splice-pipes`, kept for reuse), and the rest (the ring, maps,
@@ -63,12 +63,7 @@ pub(super) fn sample(lab: &BenchLab, pid: Pid, t: f64) -> Result<Resources> {
             r.other_fds += 1;
         }
     }
-    let status = std::fs::read_to_string(format!("{proc_}/status"))?;
-    r.rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS in /proc/PID/status")?;
+    r.rss_kib = rss_kib(pid.as_raw())?;
     for e in std::fs::read_dir(format!("{proc_}/task"))? {
         let comm = std::fs::read_to_string(e?.path().join("comm")).unwrap_or_default();
         if comm.starts_with("iou-wrk") || comm.starts_with("iou-sqp") {
